@@ -1,0 +1,30 @@
+"""`gearkv bench <name>`: each benchmark prints a table and writes JSON with --json FILE."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "codec": ("gearkv.bench.codec", "compression ratio, error, continuation quality, throughput"),
+    "store": ("gearkv.bench.store", "store throughput and latency against raw Redis"),
+    "resume": ("gearkv.bench.resume", "time to first token: resume from the store vs recompute"),
+}
+
+
+def main(argv: Sequence[str], prog: str = "gearkv bench") -> int:
+    args = list(argv)
+    if not args or args[0] in ("-h", "--help") or args[0] not in BENCHMARKS:
+        width = max(map(len, BENCHMARKS))
+        print(f"usage: {prog} <benchmark> [options]\n\nbenchmarks:")
+        for name, (_, help_) in BENCHMARKS.items():
+            print(f"  {name:<{width}}  {help_}")
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    module = importlib.import_module(BENCHMARKS[args[0]][0])
+    result: int = module.main(args[1:], prog=f"{prog} {args[0]}")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,343 @@
+"""`gearkv bench codec`: compression ratio, reconstruction error, continuation quality and throughput.
+
+Every preset (and every ablation row) is measured on the real prefix KV of the default model over text
+windows from two domains: the 768-token prefix's KV is encoded and decoded, the next 256 tokens are
+teacher-forced on the decoded cache, and their next-token distributions are compared with the same run on
+fp16 KV (mean KL in nats/token, top-1 agreement, perplexity ratio; each with its standard error over windows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from gearkv.codec import PRESETS, Codec, CodecConfig, decode, inspect
+
+from ._kv_eval import KV, KVEvaluator, Quality, load_windows, relative_errors
+
+PREFIX, CONT = 768, 256
+DEFAULT_PRESETS = ("fp16", "kivi2", "kivi4", "gear2", "gear3", "gear4")
+# Floors from issue 3: (min ratio, max mean KL, max perplexity ratio or None).
+TARGETS: dict[str, tuple[float, float, float | None]] = {
+    "gear4": (3.6, 0.0025, None),
+    "gear3": (4.8, 0.010, None),
+    "gear2": (6.0, 0.07, 1.08),
+}
+THROUGHPUT_TARGETS = {"gear3": (100.0, 300.0)}  # MB/s of fp16 input on 2 threads: compress, decompress
+
+
+def ablation_rows(quick: bool) -> list[tuple[str, CodecConfig]]:
+    """Each GEAR component and each improvement switched on or off at the same bits."""
+    g2, g3 = PRESETS["gear2"], PRESETS["gear3"]
+    rows = [
+        ("gear2", g2),
+        ("gear2 - 3-bit keys in late layers", replace(g2, k_late_bits=0)),
+        ("gear2 - rotation", replace(g2, rotate=False)),
+        ("gear2 - sink token", replace(g2, sink_tokens=0)),
+        ("gear2 + low rank r=2 (K,V)", replace(g2, k_rank=2, v_rank=2)),
+    ]
+    if quick:
+        return rows
+    rows += [
+        ("gear2 - outliers", replace(g2, k_outliers=0.0)),
+        ("gear2 - u8 params (fp16)", replace(g2, param_bits=16)),
+        ("gear2 keys g64", replace(g2, k_group=64)),
+        ("gear2 + low rank r=4 (K)", replace(g2, k_rank=4)),
+        ("gear2 + value outliers 1/256", replace(g2, v_outliers=1 / 256)),
+        ("K3 V2 (keys get the bit)", replace(g2, k_bits=3, k_group=64, k_late_bits=0)),
+        ("K2 V3 (values get the bit)", replace(g2, v_bits=3, k_group=64, k_late_bits=0)),
+        (
+            "GEAR reference 2-bit (g64, s=2%, r=4)",
+            CodecConfig(
+                k_bits=2,
+                v_bits=2,
+                k_group=64,
+                v_group=64,
+                param_bits=16,
+                rotate=False,
+                sink_tokens=0,
+                k_outliers=5 / 256,
+                v_outliers=5 / 256,
+                k_rank=4,
+                v_rank=4,
+            ),
+        ),
+        ("gear3", g3),
+        ("gear3 - rotation", replace(g3, rotate=False)),
+        ("gear3 - outliers", replace(g3, k_outliers=0.0)),
+        ("gear3 - u8 params (fp16)", replace(g3, param_bits=16)),
+        ("gear3 + low rank r=2 (K,V)", replace(g3, k_rank=2, v_rank=2)),
+    ]
+    return rows
+
+
+@dataclass
+class Row:
+    name: str
+    codec_id: str
+    ratio: float
+    k_err: float
+    v_err: float
+    kl: float
+    kl_se: float
+    top1: float
+    top1_se: float
+    ppl_ratio: float
+    ppl_se: float
+    ratio_chunk256: float | None = None
+    compress_mbps: float | None = None  # MB of fp16 input per wall-clock second, best of the runs
+    decompress_mbps: float | None = None
+    compress_mbps_cpu: float | None = None  # MB per CPU-second summed over threads: unaffected by other load
+    decompress_mbps_cpu: float | None = None
+    config: dict[str, Any] | None = None
+
+
+def _best_time(fn: Any, reps: int) -> tuple[float, float]:
+    """Best wall-clock and best process-CPU seconds over ``reps`` calls (other load only slows a run)."""
+    wall = cpu = float("inf")
+    for _ in range(reps):
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        wall = min(wall, time.perf_counter() - t)
+        cpu = min(cpu, time.process_time() - c)
+    return wall, cpu
+
+
+def measure(name: str, codec: Codec, ev: KVEvaluator, speed_reps: int) -> Row:
+    blobs: list[bytes] = []
+
+    def roundtrip(kv: KV) -> KV:
+        blob = codec.encode(kv)
+        blobs.append(blob)
+        return decode(blob)
+
+    q: Quality = ev.quality(roundtrip)
+    ratio = sum(inspect(b).raw_bytes for b in blobs) / sum(len(b) for b in blobs)
+    errs = [relative_errors(kv, decode(b)) for kv, b in zip(ev.kv, blobs, strict=True)]
+    row = Row(
+        name,
+        codec.codec_id,
+        ratio,
+        sum(e[0] for e in errs) / len(errs),
+        sum(e[1] for e in errs) / len(errs),
+        q.kl,
+        q.kl_se,
+        q.top1,
+        q.top1_se,
+        q.ppl_ratio,
+        q.ppl_se,
+        config=codec.config.to_dict(),
+    )
+    if speed_reps:
+        one = [(k[:1].contiguous(), v[:1].contiguous()) for k, v in ev.kv[0]]  # one window, 768 tokens, fp16
+        mb = sum(k.numel() + v.numel() for k, v in one) * 2 / 1e6
+        blob = codec.encode(one)
+        enc_wall, enc_cpu = _best_time(lambda: codec.encode(one), speed_reps)
+        dec_wall, dec_cpu = _best_time(lambda: decode(blob), speed_reps)
+        row.compress_mbps, row.compress_mbps_cpu = mb / enc_wall, mb / enc_cpu
+        row.decompress_mbps, row.decompress_mbps_cpu = mb / dec_wall, mb / dec_cpu
+        chunk = [(k[:, :, 256:512], v[:, :, 256:512]) for k, v in one]
+        row.ratio_chunk256 = inspect(codec.encode(chunk, start=256)).ratio
+    return row
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _pm(mean: float, se: float, spec: str) -> str:
+    return f"{mean:{spec}} ± {se:{spec}}"
+
+
+def preset_table_rows(rows: Sequence[Row]) -> list[list[str]]:
+    return [
+        [
+            r.name,
+            f"{r.ratio:.2f}x",
+            _fmt(r.ratio_chunk256, ".2f") + "x",
+            f"{r.k_err:.3f}",
+            f"{r.v_err:.3f}",
+            _pm(r.kl, r.kl_se, ".4f"),
+            _pm(r.top1, r.top1_se, ".3f"),
+            _pm(r.ppl_ratio, r.ppl_se, ".3f"),
+            _fmt(r.compress_mbps, ".0f"),
+            _fmt(r.decompress_mbps, ".0f"),
+        ]
+        for r in rows
+    ]
+
+
+PRESET_HEADERS = [
+    "preset",
+    "ratio",
+    "ratio@256",
+    "K err",
+    "V err",
+    "KL (nats/tok)",
+    "top-1",
+    "ppl ratio",
+    "comp MB/s",
+    "decomp MB/s",
+]
+ABLATION_HEADERS = ["setting", "ratio", "K err", "V err", "KL (nats/tok)", "top-1", "ppl ratio"]
+
+
+def ablation_table_rows(rows: Sequence[Row]) -> list[list[str]]:
+    return [
+        [
+            r.name,
+            f"{r.ratio:.2f}x",
+            f"{r.k_err:.3f}",
+            f"{r.v_err:.3f}",
+            _pm(r.kl, r.kl_se, ".4f"),
+            _pm(r.top1, r.top1_se, ".3f"),
+            _pm(r.ppl_ratio, r.ppl_se, ".3f"),
+        ]
+        for r in rows
+    ]
+
+
+def target_checks(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        if r.name in TARGETS:
+            ratio, kl, ppl = TARGETS[r.name]
+            ok = r.ratio >= ratio and r.kl <= kl and (ppl is None or r.ppl_ratio <= ppl)
+            want = f">= {ratio}x at KL <= {kl}" + (f", ppl <= {ppl}" if ppl else "")
+            got = f"{r.ratio:.2f}x at KL {r.kl:.4f}, ppl {r.ppl_ratio:.3f}"
+            out.append({"preset": r.name, "target": want, "measured": got, "met": ok})
+        if r.name in THROUGHPUT_TARGETS and r.compress_mbps is not None and r.decompress_mbps is not None:
+            c, d = THROUGHPUT_TARGETS[r.name]
+            ok = r.compress_mbps >= c and r.decompress_mbps >= d
+            out.append(
+                {
+                    "preset": r.name,
+                    "target": f"compress >= {c:.0f} MB/s, decompress >= {d:.0f} MB/s",
+                    "measured": f"{r.compress_mbps:.0f} / {r.decompress_mbps:.0f} MB/s",
+                    "met": ok,
+                }
+            )
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    def table(headers: list[str], rows: list[list[str]]) -> str:
+        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+    presets = [Row(**r) for r in result["presets"]]
+    ablation = [Row(**r) for r in result["ablation"]]
+    parts = [
+        f"`{result['command']}` ({result['windows']} windows: {', '.join(result['domains'])}; "
+        f"{result['model']}, {PREFIX}-token prefix, {CONT}-token continuation; "
+        f"{result['threads']} CPU threads, "
+        f"torch {result['torch']})",
+        "",
+        table(PRESET_HEADERS, preset_table_rows(presets)),
+    ]
+    if ablation:
+        parts += ["", table(ABLATION_HEADERS, ablation_table_rows(ablation))]
+    checks = [
+        [c["preset"], c["target"], c["measured"], "yes" if c["met"] else "**no**"] for c in result["targets"]
+    ]
+    parts += ["", table(["preset", "target", "measured", "met"], checks)]
+    return "\n".join(parts) + "\n"
+
+
+def _print(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 150))  # wide tables stay readable in pipes and logs
+
+    def show(title: str, headers: list[str], rows: list[list[str]]) -> None:
+        table = Table(title=title)
+        for i, h in enumerate(headers):
+            table.add_column(h, justify="left" if i == 0 else "right")
+        for r in rows:
+            table.add_row(*r)
+        console.print(table)
+
+    show("codec presets vs fp16 KV", PRESET_HEADERS, preset_table_rows([Row(**r) for r in result["presets"]]))
+    if result["ablation"]:
+        show("ablation", ABLATION_HEADERS, ablation_table_rows([Row(**r) for r in result["ablation"]]))
+    checks = [
+        [c["preset"], c["target"], c["measured"], "[green]yes" if c["met"] else "[red]no"]
+        for c in result["targets"]
+    ]
+    show("targets", ["preset", "target", "measured", "met"], checks)
+
+
+def main(argv: Sequence[str], prog: str = "gearkv bench codec") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="4 windows and a short ablation (a few minutes)")
+    parser.add_argument("--presets", nargs="+", default=list(DEFAULT_PRESETS), choices=sorted(PRESETS))
+    parser.add_argument("--windows", type=int, default=None, help="windows in all, split over two domains")
+    parser.add_argument("--no-ablation", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch CPU threads (throughput is per 2 threads)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the figures to this JSON file")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the tables as markdown")
+    args = parser.parse_args(list(argv))
+    windows = args.windows if args.windows is not None else (4 if args.quick else 8)
+    if windows < 2 or windows % 2:
+        parser.error("--windows must be an even number >= 2 (half from each domain)")
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    torch.set_num_threads(args.threads)
+
+    from gearkv.worker.model import load_model
+
+    started = time.perf_counter()
+    lm = load_model(device="cpu")
+    wins = load_windows(lm.tokenizer, windows // 2, PREFIX, CONT)
+    print(
+        f"{prog}: {lm.name}, {len(wins)} windows, model ready after {time.perf_counter() - started:.0f} s",
+        file=sys.stderr,
+    )
+    ev = KVEvaluator(lm.model, wins, PREFIX)
+    reps = 5 if args.quick else 15
+    presets: list[Row] = []
+    for name in args.presets:
+        presets.append(measure(name, Codec.from_preset(name), ev, reps))
+        print(f"  {name}: done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    ablation: list[Row] = []
+    if not args.no_ablation:
+        for name, cfg in ablation_rows(args.quick):
+            ablation.append(measure(name, Codec(cfg), ev, 0))
+            print(f"  {name}: done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    command = "gearkv bench codec " + " ".join(argv) if argv else "gearkv bench codec"
+    result: dict[str, Any] = {
+        "command": command.strip(),
+        "model": lm.name,
+        "windows": len(wins),
+        "domains": sorted({w.domain for w in wins}),
+        "prefix_tokens": PREFIX,
+        "continuation_tokens": CONT,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "elapsed_s": round(time.perf_counter() - started, 1),
+        "load_avg_1m": round(os.getloadavg()[0], 2),  # other work on the machine slows the MB/s figures
+        "presets": [asdict(r) for r in presets],
+        "ablation": [asdict(r) for r in ablation],
+        "targets": target_checks(presets),
+    }
+    _print(result)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(markdown(result))
+    return 0

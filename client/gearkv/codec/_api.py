@@ -1,0 +1,335 @@
+"""Public entry points: ``Codec`` (encode), ``decode`` and ``inspect``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ._config import FORMAT_VERSION, PRESETS, CodecConfig, codec_id_of
+from ._gear import PartGeometry, compress_part, decompress_part, part_geometry, part_sections
+from ._wire import Section, order_sections, pack_blob, read_header, section_views
+from .errors import CorruptBlob, InvalidInput, UnsupportedConfig
+
+__all__ = ["BlobInfo", "Codec", "decode", "inspect"]
+
+KV = tuple[torch.Tensor, torch.Tensor]
+_DTYPES: dict[str, torch.dtype] = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+}
+_FP16_MAX = 65504.0
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """What a blob holds, read from its header without decoding the tensors."""
+
+    format_version: int
+    codec_id: str
+    config: CodecConfig
+    num_layers: int
+    key_shape: tuple[int, int, int, int]  # [batch, kv_heads, tokens, head_dim], the same for every layer
+    value_shape: tuple[int, int, int, int]
+    dtype: str  # the input dtype, which decode returns by default
+    tokens: int
+    sink_tokens: int  # leading tokens stored at 16 bits
+    raw_bytes: int  # the same KV at 16 bits per element
+    stored_bytes: int  # len(blob)
+
+    @property
+    def ratio(self) -> float:
+        """Compression ratio against 16-bit KV, counting every byte of the blob."""
+        return self.raw_bytes / self.stored_bytes
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One stored part: rows ``start:stop`` of the stacked keys or values [N, tokens, head_dim]."""
+
+    geometry: PartGeometry
+    values: bool
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The storage plan shared by encoder and decoder: geometry of both parts and the payload order."""
+
+    kind: str  # "quant" or "plain"
+    store_dtype: torch.dtype  # plain mode: the stored element type; quant mode: 16-bit side data type
+    parts: tuple[_Part, ...] | None
+    layout: list[Section]
+
+
+def _plan(cfg: CodecConfig, layers: int, kshape: Sequence[int], vshape: Sequence[int], sink: int,
+          store_dtype: torch.dtype) -> _Plan:  # fmt: skip
+    b, h, t, dk = kshape
+    dv = vshape[3]
+    n = layers * b * h
+    if cfg.mode != "quant":
+        plain: list[Section] = [("k", store_dtype, (n, t, dk)), ("v", store_dtype, (n, t, dv))]
+        return _Plan("plain", store_dtype, None, order_sections(plain))
+    cut = cfg.late_cut(layers) * b * h
+    parts = []
+    if cut:
+        parts.append(_Part(part_geometry(cfg, True, cut, t, dk, sink), False, 0, cut))
+    if cut < n:
+        parts.append(_Part(part_geometry(cfg, True, n - cut, t, dk, sink, late=True), False, cut, n))
+    parts.append(_Part(part_geometry(cfg, False, n, t, dv, sink), True, 0, n))
+    layout = order_sections([s for p in parts for s in part_sections(p.geometry, store_dtype)])
+    return _Plan("quant", store_dtype, tuple(parts), layout)
+
+
+def _check_layers(layers: Sequence[KV]) -> tuple[torch.dtype, torch.Size, torch.Size]:
+    if isinstance(layers, torch.Tensor) or not isinstance(layers, Sequence):
+        raise InvalidInput("layers must be a sequence of (keys, values) tensor pairs")
+    if len(layers) == 0:
+        raise InvalidInput("layers is empty: encode needs at least one (keys, values) pair")
+    first: tuple[torch.dtype, torch.Size, torch.Size, torch.device] | None = None
+    for i, pair in enumerate(layers):
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise InvalidInput(f"layers[{i}] must be a (keys, values) pair")
+        k, v = pair
+        for what, t in (("keys", k), ("values", v)):
+            if not isinstance(t, torch.Tensor):
+                raise InvalidInput(f"layers[{i}] {what} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dim() != 4:
+                raise InvalidInput(
+                    f"layers[{i}] {what} must have rank 4 [batch, kv_heads, tokens, head_dim], got shape "
+                    f"{tuple(t.shape)}"
+                )
+            if t.dtype not in _DTYPES.values():
+                raise InvalidInput(
+                    f"layers[{i}] {what} dtype {t.dtype} unsupported; use float16, bfloat16 or float32"
+                )
+            if t.numel() == 0:
+                raise InvalidInput(
+                    f"layers[{i}] {what} is empty (shape {tuple(t.shape)}); every dimension must be >= 1"
+                )
+        if k.shape[:3] != v.shape[:3]:
+            raise InvalidInput(
+                f"layers[{i}] keys {tuple(k.shape)} and values {tuple(v.shape)} "
+                "differ in batch, kv_heads or tokens"
+            )
+        if k.dtype != v.dtype or k.device != v.device:
+            raise InvalidInput(f"layers[{i}] keys and values differ in dtype or device")
+        if first is None:
+            first = (k.dtype, k.shape, v.shape, k.device)
+        elif (k.dtype, k.shape, v.shape, k.device) != first:
+            raise InvalidInput(
+                f"layers[{i}] is {k.dtype} keys {tuple(k.shape)} / values {tuple(v.shape)} on {k.device}, "
+                "but "
+                f"layers[0] is {first[0]} keys {tuple(first[1])} / values {tuple(first[2])} on {first[3]}: "
+                "format v1 needs one shape, dtype and device for all layers of a chunk"
+            )
+    if first is None:  # unreachable: layers is non-empty
+        raise InvalidInput("layers is empty")
+    return first[0], first[1], first[2]
+
+
+def _stack(tensors: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """[layers, *shape] in ``dtype``, converting while copying (one pass over the input)."""
+    if tensors[0].dtype == dtype:
+        return torch.stack(tensors)
+    out = torch.empty((len(tensors), *tensors[0].shape), dtype=dtype, device=tensors[0].device)
+    for i, t in enumerate(tensors):
+        out[i].copy_(t)
+    return out
+
+
+def _max_abs(x: torch.Tensor, layers: Sequence[KV], what: int) -> float:
+    """Largest |x|; raises InvalidInput naming the first layer with NaN or Inf."""
+    lo, hi = torch.aminmax(x)  # one vectorized pass; NaN and Inf propagate
+    peak = max(-float(lo), float(hi))
+    if not math.isfinite(peak):
+        for i, pair in enumerate(layers):
+            if not bool(torch.isfinite(pair[what]).all()):
+                name = "keys" if what == 0 else "values"
+                raise InvalidInput(
+                    f"layers[{i}] {name} contain NaN or Inf; only finite values can be encoded"
+                )
+        raise InvalidInput("input contains NaN or Inf")
+    return peak
+
+
+class Codec:
+    """Encodes a chunk's KV (all layers at once) into one self-describing ``bytes`` blob.
+
+    Example::
+
+        codec = Codec.from_preset("gear3")
+        blob = codec.encode([(k0, v0), (k1, v1)])   # each [batch, kv_heads, tokens, head_dim]
+        layers = decode(blob, device="cuda", dtype=torch.float16)
+    """
+
+    def __init__(self, config: CodecConfig | None = None) -> None:
+        if config is None:
+            config = PRESETS["gear3"]
+        if not isinstance(config, CodecConfig):
+            raise UnsupportedConfig(f"config must be a CodecConfig, got {type(config).__name__}")
+        self._config = config
+        self._codec_id = codec_id_of(config)
+
+    @classmethod
+    def from_preset(cls, name: str) -> Codec:
+        """One of ``PRESETS``: fp16, raw, kivi2, kivi4, gear2, gear3, gear4."""
+        if name not in PRESETS:
+            raise UnsupportedConfig(f"unknown codec preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(PRESETS[name])
+
+    @property
+    def config(self) -> CodecConfig:
+        return self._config
+
+    @property
+    def codec_id(self) -> str:
+        """Stable id of config and format version (``gear3.v1``, ``custom.v1.<hash12>``)."""
+        return self._codec_id
+
+    def __repr__(self) -> str:
+        return f"Codec({self._codec_id})"
+
+    def encode(self, layers: Sequence[KV], *, start: int = 0) -> bytes:
+        """Compress every layer of one chunk.
+
+        Args:
+            layers: ``(keys, values)`` per layer, each [batch, kv_heads, tokens, head_dim], fp16/bf16/fp32,
+                all layers of one shape, dtype and device (CPU or CUDA). Not modified.
+            start: absolute position of the chunk's first token; tokens below ``config.sink_tokens``
+                (the attention sink) are stored at 16 bits.
+
+        Raises:
+            InvalidInput: wrong rank, mismatched shapes, empty tensors, NaN/Inf, unsupported dtype.
+        """
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise InvalidInput(f"start must be a non-negative integer token position, got {start!r}")
+        cfg = self._config
+        dtype, kshape, vshape = _check_layers(layers)
+        # Quantizing works in fp32: stack and convert in one pass per part.
+        work = dtype if cfg.mode != "quant" else torch.float32
+        keys = _stack([k for k, _ in layers], work).view(-1, kshape[2], kshape[3])
+        values = _stack([v for _, v in layers], work).view(-1, vshape[2], vshape[3])
+        peak = max(_max_abs(keys, layers, 0), _max_abs(values, layers, 1))
+        if cfg.mode == "raw":
+            store = dtype
+        elif dtype == torch.bfloat16:
+            store = torch.bfloat16
+        elif dtype == torch.float32 and peak > _FP16_MAX:
+            if cfg.mode == "fp16":
+                raise InvalidInput(
+                    f"values up to {peak:.4g} exceed the float16 range ({_FP16_MAX}); use the 'raw' preset"
+                )
+            store = torch.float32  # side data (sink, outliers, factors) must not overflow
+        else:
+            store = torch.float16
+        tokens = kshape[2]
+        sink = max(0, min(cfg.sink_tokens - start, tokens)) if cfg.mode == "quant" else 0
+        plan = _plan(cfg, len(layers), kshape, vshape, sink, store)
+        if plan.parts is None:
+            tensors = {"k": keys.to(store), "v": values.to(store)}
+        else:
+            tensors = {}
+            for part in plan.parts:
+                source = values if part.values else keys
+                tensors.update(compress_part(source[part.start : part.stop], part.geometry, store))
+        header: dict[str, Any] = {
+            "codec_id": self._codec_id,
+            "config": cfg.to_dict(),
+            "dtype": _dtype_name(dtype),
+            "store_dtype": _dtype_name(store),
+            "layers": len(layers),
+            "key_shape": list(kshape),
+            "value_shape": list(vshape),
+            "sink": sink,
+        }
+        return pack_blob(header, plan.layout, tensors)
+
+
+def _parse(blob: bytes | bytearray | memoryview) -> tuple[BlobInfo, _Plan, int]:
+    header, start = read_header(blob)
+    try:
+        config = CodecConfig.from_dict(header["config"])
+        kshape = tuple(int(d) for d in header["key_shape"])
+        vshape = tuple(int(d) for d in header["value_shape"])
+        layers, sink = int(header["layers"]), int(header["sink"])
+        dtype, store = _DTYPES[header["dtype"]], _DTYPES[header["store_dtype"]]
+        codec_id = str(header["codec_id"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptBlob(f"inconsistent blob header: {exc!r}") from exc
+    if (
+        len(kshape) != 4 or len(vshape) != 4 or kshape[:3] != vshape[:3] or min(kshape + vshape) < 1
+        or layers < 1 or not 0 <= sink <= kshape[2] or codec_id != codec_id_of(config)
+    ):  # fmt: skip
+        raise CorruptBlob(f"inconsistent blob header: {header}")
+    plan = _plan(config, layers, kshape, vshape, sink, store)
+    raw_bytes = 2 * layers * (_prod(kshape) + _prod(vshape))
+    info = BlobInfo(
+        FORMAT_VERSION, codec_id, config, layers, kshape, vshape,
+        _dtype_name(dtype), kshape[2], sink, raw_bytes, len(blob),
+    )  # fmt: skip
+    return info, plan, start
+
+
+def _prod(shape: Sequence[int]) -> int:
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
+def inspect(blob: bytes | bytearray | memoryview) -> BlobInfo:
+    """Read a blob's header (checking magic, version and checksum) without decoding its tensors.
+
+    Raises:
+        CorruptBlob, UnsupportedFormatVersion.
+    """
+    return _parse(blob)[0]
+
+
+def decode(
+    blob: bytes | bytearray | memoryview,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> list[KV]:
+    """Decompress a blob into ``(keys, values)`` per layer, each [batch, kv_heads, tokens, head_dim].
+
+    Args:
+        device: where the tensors are rebuilt (default CPU); decoding runs there.
+        dtype: output dtype (default: the dtype that was encoded).
+
+    Raises:
+        CorruptBlob, UnsupportedFormatVersion, InvalidInput (an unsupported ``dtype``).
+    """
+    info, plan, start = _parse(blob)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    out_dtype = _DTYPES[info.dtype] if dtype is None else dtype
+    if out_dtype not in _DTYPES.values():
+        raise InvalidInput(f"dtype {out_dtype} unsupported; use float16, bfloat16 or float32")
+    sections = section_views(blob, start, plan.layout, dev)
+    n = info.num_layers * info.key_shape[0] * info.key_shape[1]
+    t = info.tokens
+    keys = torch.empty(n, t, info.key_shape[3], dtype=out_dtype, device=dev)
+    values = torch.empty(n, t, info.value_shape[3], dtype=out_dtype, device=dev)
+    try:
+        if plan.parts is None:
+            keys.copy_(sections["k"])
+            values.copy_(sections["v"])
+        else:
+            for part in plan.parts:
+                dest = values if part.values else keys
+                decompress_part(sections, part.geometry, dest[part.start : part.stop])
+    except (RuntimeError, IndexError) as exc:  # only reachable with a crafted blob whose checksum matches
+        raise CorruptBlob(f"blob sections are inconsistent: {exc}") from exc
+    keys = keys.view(info.num_layers, *info.key_shape)
+    values = values.view(info.num_layers, *info.value_shape)
+    return [(keys[i], values[i]) for i in range(info.num_layers)]

@@ -1,0 +1,44 @@
+"""The codec's error tree.
+
+::
+
+    GearKVError (gearkv.client.errors), ValueError
+     └── CodecError                  anything the codec rejects
+          ├── InvalidInput           tensors that cannot be encoded (rank, shapes, dtype, NaN/Inf, empty)
+          ├── UnsupportedConfig      a CodecConfig field outside what format v1 can store
+          ├── CorruptBlob            bad magic, truncated, checksum mismatch, inconsistent header
+          └── UnsupportedFormatVersion   a blob written by a newer (or unknown) format version
+
+Every message names the field or section at fault and the limit it broke.
+"""
+
+from __future__ import annotations
+
+from gearkv.client.errors import GearKVError  # plain exceptions only: no grpc or redis import
+
+__all__ = ["CodecError", "CorruptBlob", "InvalidInput", "UnsupportedConfig", "UnsupportedFormatVersion"]
+
+
+class CodecError(GearKVError, ValueError):
+    """Base class of every error the codec raises on bad input, config or blobs."""
+
+
+class InvalidInput(CodecError):
+    """The tensors handed to ``encode`` cannot be encoded."""
+
+
+class UnsupportedConfig(CodecError):
+    """A codec setting is outside what the wire format can store."""
+
+
+class CorruptBlob(CodecError):
+    """A blob is truncated, corrupted (checksum mismatch) or internally inconsistent."""
+
+
+class UnsupportedFormatVersion(CodecError):
+    """A blob's format version is not one this codec can read."""
+
+    def __init__(self, version: int, supported: tuple[int, ...]) -> None:
+        super().__init__(f"unsupported codec format version {version}; this codec reads {list(supported)}")
+        self.version = version
+        self.supported = supported
