@@ -1,0 +1,71 @@
+"""GearKV client SDK: push and pull KV chunks, look up prefixes and commit turns on a GearKV store.
+
+Example::
+
+    from gearkv.client import KVStoreClient, Namespace, keys
+
+    ns = Namespace(fingerprint="smollm2-135m:3f9a", codec_id="gear4/v1", chunk_size=256)
+    with KVStoreClient("127.0.0.1:50051", token="t0k3n") as client:
+        put = client.put_chunk(ns, "", 0, token_ids[:256], blob, raw_bytes=raw)
+        match = client.lookup_prefix(ns, token_ids)
+
+Errors live in :mod:`gearkv.client.errors`; chunk addresses in :mod:`gearkv.client.keys`. Both, and
+the dataclasses, import without grpc: the clients (and grpc) load on first access, so gearkv.codec and
+the store can share ``errors``/``keys`` without pulling in the SDK's transport.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from gearkv.client import errors, keys
+from gearkv.client._models import (
+    ChatMessage,
+    ChunkRef,
+    Manifest,
+    Namespace,
+    PrefixMatch,
+    PutChunkResult,
+    SessionSummary,
+    StoreStats,
+)
+from gearkv.client._retry import ExponentialJitterBackoff, RetryPolicy
+
+if TYPE_CHECKING:
+    from gearkv.client._async import AsyncKVStoreClient
+    from gearkv.client._options import TLSOptions
+    from gearkv.client._sync import KVStoreClient
+
+_LAZY = {
+    "AsyncKVStoreClient": "gearkv.client._async",
+    "KVStoreClient": "gearkv.client._sync",
+    "TLSOptions": "gearkv.client._options",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gearkv.client' has no attribute {name!r}")
+
+
+__all__ = [
+    "AsyncKVStoreClient",
+    "ChatMessage",
+    "ChunkRef",
+    "ExponentialJitterBackoff",
+    "KVStoreClient",
+    "Manifest",
+    "Namespace",
+    "PrefixMatch",
+    "PutChunkResult",
+    "RetryPolicy",
+    "SessionSummary",
+    "StoreStats",
+    "TLSOptions",
+    "errors",
+    "keys",
+]

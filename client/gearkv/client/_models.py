@@ -1,0 +1,130 @@
+"""Frozen dataclasses mirroring the v1 proto messages the SDK hands out and takes in.
+
+Callers never touch generated protobuf classes; ``_convert`` is the one place that maps between the
+two. Sequences are tuples (lists passed in are converted), attributes a plain dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from gearkv.client.keys import Namespace
+
+__all__ = [
+    "ChatMessage",
+    "ChunkRef",
+    "Manifest",
+    "Namespace",
+    "PrefixMatch",
+    "PutChunkResult",
+    "SessionSummary",
+    "StoreStats",
+]
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """Where a chunk sits in a session: tokens ``[start, end)``, stored and raw (16-bit) sizes."""
+
+    key: str
+    start: int
+    end: int
+    stored_bytes: int = 0
+    raw_bytes: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One chat message, kept in the manifest so any worker can continue the conversation."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A session's committed state; the server sets version, timestamps and byte totals.
+
+    Example::
+
+        m = Manifest("s1", ns, token_ids=ids, chunks=refs, messages=[ChatMessage("user", "hi")], turns=1)
+        version = client.commit_turn(m, expected_version=0)
+    """
+
+    session_id: str
+    namespace: Namespace
+    token_ids: tuple[int, ...] = ()
+    chunks: tuple[ChunkRef, ...] = ()
+    messages: tuple[ChatMessage, ...] = ()
+    turns: int = 0
+    version: int = 0
+    created_ms: int = 0
+    updated_ms: int = 0
+    raw_bytes: int = 0
+    stored_bytes: int = 0
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Accept any iterables (lists, arrays) but keep the instance immutable and hash-free of lists.
+        for name in ("token_ids", "chunks", "messages"):
+            value: Iterable[object] = getattr(self, name)
+            if not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        if not isinstance(self.attributes, dict):
+            object.__setattr__(self, "attributes", dict(self.attributes))
+
+
+@dataclass(frozen=True)
+class PrefixMatch:
+    """Result of a prefix lookup: use the first ``matched_tokens`` positions of ``chunks``."""
+
+    chunks: tuple[ChunkRef, ...]
+    matched_tokens: int
+    session_version: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PutChunkResult:
+    """Outcome of a chunk upload; ``deduplicated`` when the chunk was already stored."""
+
+    key: str
+    deduplicated: bool
+    stored_bytes: int
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """One row of ``list_sessions``."""
+
+    session_id: str
+    version: int
+    turns: int
+    tokens: int
+    raw_bytes: int
+    stored_bytes: int
+    updated_ms: int
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """Usage figures of the caller's tenant and the backend."""
+
+    tenant: str
+    sessions: int
+    chunks: int
+    raw_bytes: int
+    stored_bytes: int
+    quota_bytes: int
+    backend_used_memory_bytes: int
+    backend: str
+
+    @property
+    def compression_ratio(self) -> float:
+        """Raw over stored bytes (the "memory saved" factor); 0.0 with nothing stored."""
+        return self.raw_bytes / self.stored_bytes if self.stored_bytes else 0.0

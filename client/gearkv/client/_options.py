@@ -1,0 +1,112 @@
+"""Connection options: TLS material, target parsing and gRPC channel arguments (no I/O but file reads).
+
+Example::
+
+    tls = TLSOptions.from_files(ca="ca.pem", cert="client.pem", key="client.key")
+    client = KVStoreClient("grpcs://store.internal:50051", token=token, tls=tls)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from gearkv.client.errors import InvalidArgument
+
+__all__ = ["CHANNEL_OPTIONS", "MAX_MESSAGE_BYTES", "TLSOptions", "parse_target"]
+
+# Chunk parts are <= 1 MiB, but a manifest or lookup with 1,048,576 token ids takes up to ~5 MiB; the
+# store's default cap is the same 8 MiB.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # The SDK retries itself (gRPC's own retry gives up on requests over 256 KiB).
+    ("grpc.enable_retries", 0),
+    # Reconnect quickly after a store restart (gRPC's default starts at 1 s and grows to 120 s); the
+    # SDK's own jittered retries bound how long a call keeps trying. No keepalive pings: deadlines
+    # bound every call, and servers answer frequent pings with GOAWAY.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+)
+
+
+@dataclass(frozen=True, repr=False)
+class TLSOptions:
+    """TLS (and mutual TLS) for the channel; PEM bytes, never paths.
+
+    Args:
+        root_certificates: CA bundle that signs the server's certificate (None = system roots).
+        certificate_chain: client certificate for mutual TLS (needs ``private_key``).
+        private_key: the client certificate's key.
+        server_name_override: expected server name when it differs from the target host (tests).
+    """
+
+    root_certificates: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = None
+    server_name_override: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.certificate_chain is None) != (self.private_key is None):
+            raise InvalidArgument("tls: certificate_chain and private_key must be given together")
+
+    def __repr__(self) -> str:  # never print key material
+        return (
+            f"TLSOptions(root_certificates={'set' if self.root_certificates else None}, "
+            f"mutual={self.certificate_chain is not None}, "
+            f"server_name_override={self.server_name_override!r})"
+        )
+
+    @classmethod
+    def from_files(
+        cls,
+        ca: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+        server_name_override: str | None = None,
+    ) -> TLSOptions:
+        """Read PEM files (the one place the SDK touches the filesystem)."""
+
+        def read(p: str | Path | None) -> bytes | None:
+            return Path(p).read_bytes() if p is not None else None
+
+        return cls(read(ca), read(cert), read(key), server_name_override)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.root_certificates,
+            private_key=self.private_key,
+            certificate_chain=self.certificate_chain,
+        )
+
+    def channel_options(self) -> tuple[tuple[str, int | str], ...]:
+        if self.server_name_override:
+            return (("grpc.ssl_target_name_override", self.server_name_override),)
+        return ()
+
+
+def parse_target(target: str, tls: TLSOptions | None) -> tuple[str, TLSOptions | None]:
+    """Split ``host:port``, ``grpc://host:port`` or ``grpcs://host:port`` into address and TLS.
+
+    ``grpcs://`` without explicit options means TLS with the system's root certificates.
+    """
+    if not isinstance(target, str) or not target.strip():
+        raise InvalidArgument("target must be 'host:port', 'grpc://host:port' or 'grpcs://host:port'")
+    scheme, sep, rest = target.partition("://")
+    if not sep:
+        return target, tls
+    if scheme == "grpc":
+        if tls is not None:
+            raise InvalidArgument("target: grpc:// is plaintext; use grpcs:// with tls options")
+        address = rest
+    elif scheme == "grpcs":
+        address, tls = rest, tls or TLSOptions()
+    else:
+        raise InvalidArgument(f"target: unsupported scheme {scheme!r} (use grpc:// or grpcs://)")
+    if not address or "/" in address:
+        raise InvalidArgument("target must be 'host:port', 'grpc://host:port' or 'grpcs://host:port'")
+    return address, tls
