@@ -1,0 +1,135 @@
+"""One server interceptor for every KVStore RPC: load shedding, auth, metrics and error mapping.
+
+It wraps each KVStore handler so that its body runs inside ``_guard``:
+- more than ``max_in_flight`` requests in flight -> RESOURCE_EXHAUSTED at once (grpc.aio's own
+  ``maximum_concurrent_rpcs`` queues instead of rejecting);
+- the bearer token resolves the tenant into ``gearkv.store.context.tenant_var``, and the client's
+  deadline goes into ``deadline_var`` (backend retries stop when the client stops waiting);
+- ``StoreError`` -> its status code and client-facing message; any other exception -> INTERNAL with a
+  fixed message (its type is logged, its text never leaves the process): never UNKNOWN;
+- ``gearkv_store_requests_total{method,code}`` and the duration histogram are recorded.
+Health checking and reflection pass through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+from gearkv.store.auth import Authenticator
+from gearkv.store.context import deadline_var, tenant_var
+from gearkv.store.errors import StoreError
+from gearkv.store.metrics import StoreMetrics
+
+log = logging.getLogger("gearkv.store")
+SERVICE_PREFIX = "/gearkv.api.v1.KVStore/"
+
+
+class StoreInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """See the module docstring."""
+
+    def __init__(self, auth: Authenticator, metrics: StoreMetrics, max_in_flight: int) -> None:
+        self._auth = auth
+        self._metrics = metrics
+        self._max_in_flight = max_in_flight
+        self.in_flight = 0
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        path = handler_call_details.method
+        wrapped = self._wrapped.get(path)
+        if wrapped is not None:  # handlers are registered once: wrap each method once, not per call
+            return wrapped
+        handler = await continuation(handler_call_details)
+        if handler is None or not path.startswith(SERVICE_PREFIX):
+            return handler
+        wrapped = self._wrapped[path] = self._wrap(handler, path.removeprefix(SERVICE_PREFIX))
+        return wrapped
+
+    @asynccontextmanager
+    async def _guard(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        started = time.perf_counter()
+        started_mono = time.monotonic()
+        code = grpc.StatusCode.OK
+        counted = False
+        try:
+            if self.in_flight >= self._max_in_flight:
+                self._metrics.shed.inc()
+                code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                await context.abort(
+                    code, f"server busy: {self.in_flight} requests in flight (limit {self._max_in_flight})"
+                )
+            self.in_flight += 1
+            counted = True
+            try:
+                tenant = self._auth.tenant_for(context.invocation_metadata())
+                remaining = context.time_remaining()
+                reset = tenant_var.set(tenant)
+                reset_deadline = deadline_var.set(None if remaining is None else started_mono + remaining)
+                try:
+                    yield
+                finally:
+                    deadline_var.reset(reset_deadline)
+                    tenant_var.reset(reset)
+            except StoreError as exc:
+                code = exc.code
+                await context.abort(exc.code, str(exc))
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                code = grpc.StatusCode.INTERNAL
+                log.error("%s failed with an unexpected %s", method, type(exc).__name__)
+                await context.abort(code, "internal error")
+        except asyncio.CancelledError:
+            if code == grpc.StatusCode.OK:
+                code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            if counted:
+                self.in_flight -= 1
+            self._metrics.requests.labels(method=method, code=code.name).inc()
+            self._metrics.duration.labels(method=method).observe(time.perf_counter() - started)
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        guard = self._guard
+        options: dict[str, Any] = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                async with guard(method, context):
+                    return await uu(request, context)
+                return None  # pragma: no cover - the guard re-raises or aborts
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, **options)
+        if handler.stream_unary is not None:
+            su = handler.stream_unary
+
+            async def stream_unary(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+                async with guard(method, context):
+                    return await su(request_iterator, context)
+                return None  # pragma: no cover
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, **options)
+        if handler.unary_stream is not None:
+            us = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async with guard(method, context):
+                    async for response in us(request, context):
+                        yield response
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, **options)
+        return handler  # bidirectional streams: none in KVStore v1

@@ -1,0 +1,410 @@
+"""KVStore RPC handlers: validate, translate protobuf to ``Backend`` calls, translate back.
+
+Handlers raise ``StoreError`` subclasses; the interceptor turns them into status codes. Auth, load
+shedding, metrics of every call and the never-UNKNOWN guarantee live in ``interceptors.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+from gearkv.api.v1 import kvstore_pb2 as pb
+from gearkv.api.v1 import kvstore_pb2_grpc as pb_grpc
+from gearkv.client import wire
+from gearkv.client.digest import PayloadHasher
+from gearkv.client.keys import Namespace, chunk_key
+from gearkv.store import validation
+from gearkv.store.backend import Backend, SessionSummary
+from gearkv.store.chunk_format import CorruptValue, decode_value, encode_header
+from gearkv.store.config import PART_BYTES, StoreConfig
+from gearkv.store.context import current_tenant
+from gearkv.store.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
+from gearkv.store.metrics import StoreMetrics
+
+log = logging.getLogger("gearkv.store")
+_MAX_VERSION = 2**53 - 2  # versions travel through Lua numbers (doubles)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _same_namespace(msg: pb.Namespace, ns: Namespace) -> bool:
+    return (msg.fingerprint, msg.codec_id, msg.chunk_size) == (ns.fingerprint, ns.codec_id, ns.chunk_size)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    if list(a[:n]) == list(b[:n]):
+        return n
+    lo, hi = 0, n  # binary search on slice equality: C-speed comparisons
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if list(a[:mid]) == list(b[:mid]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+class KVStoreServicer(pb_grpc.KVStoreServicer):
+    """The KVStore service over a ``Backend``."""
+
+    def __init__(self, cfg: StoreConfig, backend: Backend, metrics: StoreMetrics) -> None:
+        self._cfg = cfg
+        self._backend = backend
+        self._metrics = metrics
+
+    def _chunk_ttl_ms(self, ttl_s: int = 0) -> int:
+        return validation.ttl_ms(ttl_s, self._cfg.default_chunk_ttl_s, self._cfg.max_chunk_ttl_s)
+
+    def _session_ttl_ms(self, ttl_s: int = 0) -> int:
+        return validation.ttl_ms(ttl_s, self._cfg.default_session_ttl_s, self._cfg.max_session_ttl_s)
+
+    async def _load_manifest(self, tenant: str, session_id: str) -> pb.Manifest | None:
+        raw = await self._backend.get_session(tenant, session_id, self._session_ttl_ms())
+        if raw is None:
+            return None
+        try:
+            return validation.decode_manifest(raw)
+        except DataLoss:
+            self._metrics.integrity_failures.labels(where="manifest").inc()
+            log.warning("stored manifest failed its integrity check")
+            raise
+
+    # -- chunks -------------------------------------------------------------------------------------
+
+    async def PutChunk(
+        self,
+        request_iterator: AsyncIterator[wire.PutPart | pb.PutChunkRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> pb.PutChunkResponse:
+        tenant = current_tenant()
+        header: pb.PutChunkHeader | None = None
+        total = received = 0
+        # The stored value is the format header followed by the parts (views of the received
+        # messages), joined once at the end; the digest is computed as parts arrive (XXH3: ~0.03 ms
+        # per MiB), so the payload is copied once and hashed once.
+        pieces: list[bytes | bytearray | memoryview] = []
+        hasher = PayloadHasher()
+        digest = b""
+        async for msg in request_iterator:
+            req = wire.PutPart.of(msg)
+            if header is None:
+                if req.header is None:
+                    raise InvalidArgument("the first PutChunkRequest must carry header")
+                header = req.header
+                meta = validation.put_header(header, self._cfg.max_chunk_bytes, tenant)
+                total, digest = meta.stored_bytes, meta.digest
+                pieces.append(encode_header(meta))
+            elif req.header is not None:
+                raise InvalidArgument("header must appear only in the first PutChunkRequest")
+            part = req.data
+            if len(part) > PART_BYTES:
+                raise InvalidArgument(f"data part of {len(part)} bytes exceeds the {PART_BYTES}-byte limit")
+            received += len(part)
+            if received > total:
+                raise InvalidArgument(f"data exceeds header.total_bytes ({total})")
+            hasher.update(part)
+            pieces.append(part)
+        if header is None:
+            raise InvalidArgument("empty stream: the first PutChunkRequest must carry header")
+        if received != total:
+            raise InvalidArgument(f"received {received} data bytes; header.total_bytes is {total}")
+        if hasher.digest() != digest:
+            self._metrics.integrity_failures.labels(where="upload").inc()
+            raise DataLoss("payload does not match header.digest (damaged in transit); nothing was stored")
+        value = b"".join(pieces)
+        del pieces
+        dedup = await self._backend.put_chunk(
+            tenant,
+            header.key,
+            value,
+            stored=total,
+            raw=header.raw_bytes,
+            ttl_ms=self._chunk_ttl_ms(header.ttl_s),
+            quota=self._cfg.quota_for(tenant),
+        )
+        if dedup:
+            self._metrics.chunks_deduplicated.inc()
+        else:
+            self._metrics.chunks_written.inc()
+            self._metrics.stored_bytes.inc(total)
+            self._metrics.raw_bytes.inc(header.raw_bytes)
+        return pb.PutChunkResponse(key=header.key, deduplicated=dedup, stored_bytes=total)
+
+    async def PutSmallChunk(
+        self, request: wire.PutPart | pb.PutChunkRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PutChunkResponse:
+        """PutChunk in one message (the SDK's path for chunks of at most 1 MiB)."""
+        req = wire.PutPart.of(request)
+        if req.header is not None and req.header.total_bytes > PART_BYTES:
+            raise InvalidArgument(
+                f"header.total_bytes must be <= {PART_BYTES} for PutSmallChunk (use PutChunk to stream)"
+            )
+
+        async def one() -> AsyncIterator[wire.PutPart]:
+            yield req
+
+        return await self.PutChunk(one(), context)
+
+    async def _load_chunk(self, key: str) -> tuple[pb.ChunkInfo, memoryview]:
+        """The chunk's info and verified payload (a view of the Redis value); a corrupt one is discarded."""
+        tenant = current_tenant()
+        key = validation.key(key, "key")
+        value = await self._backend.get_chunk(tenant, key, self._chunk_ttl_ms())
+        if value is None:
+            raise NotFound("chunk not found (never written, expired or evicted)")
+        try:
+            meta, payload = decode_value(value, tenant, key)
+        except CorruptValue as exc:
+            self._metrics.integrity_failures.labels(where="storage").inc()
+            log.warning("stored chunk failed its integrity check (%s); discarding it", exc)
+            await self._backend.discard_chunk(tenant, key)
+            raise DataLoss("stored chunk failed its integrity check; it was discarded") from None
+        ns = meta.namespace
+        info = pb.ChunkInfo(
+            key=key,
+            total_bytes=meta.stored_bytes,
+            raw_bytes=meta.raw_bytes,
+            digest=meta.digest,
+            namespace=pb.Namespace(
+                fingerprint=ns.fingerprint, codec_id=ns.codec_id, chunk_size=ns.chunk_size
+            ),
+            start=meta.start,
+            end=meta.end,
+        )
+        return info, payload
+
+    async def GetChunk(  # type: ignore[override]  # yields wire.GetPart, serialized by server.add_kvstore
+        self, request: pb.GetChunkRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[wire.GetPart]:
+        """Stream the verified payload as views of the Redis value (``wire`` copies each part once)."""
+        info, payload = await self._load_chunk(request.key)
+        self._metrics.bytes_served.inc(len(payload))
+        part = self._cfg.download_part_bytes
+        yield wire.GetPart(info, payload[:part])
+        for lo in range(part, len(payload), part):
+            yield wire.GetPart(None, payload[lo : lo + part])
+
+    async def GetSmallChunk(  # type: ignore[override]  # returns wire.GetPart (see GetChunk)
+        self, request: pb.GetChunkRequest, context: grpc.aio.ServicerContext
+    ) -> wire.GetPart:
+        """GetChunk in one message; FAILED_PRECONDITION for a chunk over 1 MiB (the caller streams it)."""
+        info, payload = await self._load_chunk(request.key)
+        if len(payload) > PART_BYTES:
+            raise FailedPrecondition(
+                f"chunk is {len(payload)} bytes; GetSmallChunk serves up to {PART_BYTES} (use GetChunk)"
+            )
+        self._metrics.bytes_served.inc(len(payload))
+        return wire.GetPart(info, payload)
+
+    # -- lookup -------------------------------------------------------------------------------------
+
+    async def LookupPrefix(
+        self, request: pb.LookupPrefixRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LookupPrefixResponse:
+        tenant = current_tenant()
+        ns = validation.namespace(request.namespace, request.HasField("namespace"))
+        validation.token_count(len(request.token_ids), "token_ids")
+        if request.session_id:
+            validation.session_id(request.session_id)
+        tokens = list(request.token_ids)
+        chunks: list[pb.ChunkRef] = []
+        matched = version = 0
+        reason = ""
+        if request.session_id:
+            manifest = await self._load_manifest(tenant, request.session_id)
+            if manifest is not None:
+                version = manifest.version
+                if _same_namespace(manifest.namespace, ns):
+                    chunks, matched, reason = await self._match_manifest(tenant, manifest, tokens)
+                else:
+                    reason = "namespace_mismatch"
+        walked, walked_to = await self._walk_chain(tenant, ns, tokens, chunks, matched)
+        if walked_to > matched:  # the shared content chain reaches further than the manifest
+            chunks, matched, reason = walked, walked_to, ""
+        if matched == len(tokens):
+            reason = ""
+        elif not reason:
+            reason = "not_stored"
+        outcome = "hit" if tokens and matched == len(tokens) else ("partial" if matched else "miss")
+        self._metrics.lookups.labels(outcome=outcome, reason=reason or "none").inc()
+        return pb.LookupPrefixResponse(
+            chunks=chunks, matched_tokens=matched, session_version=version, reason=reason
+        )
+
+    async def _match_manifest(
+        self, tenant: str, manifest: pb.Manifest, tokens: list[int]
+    ) -> tuple[list[pb.ChunkRef], int, str]:
+        """The manifest's chunks under the common prefix that still exist, up to the first missing."""
+        common = _common_prefix(manifest.token_ids, tokens)
+        wanted = [c for c in manifest.chunks if c.start < common]
+        found = await self._backend.touch_chunks_nonatomic(
+            tenant, [c.key for c in wanted], self._chunk_ttl_ms(), stop_at_missing=True
+        )
+        ok = found.index(False) if False in found else len(found)
+        chunks = [
+            pb.ChunkRef(
+                key=c.key, start=c.start, end=c.end, stored_bytes=c.stored_bytes, raw_bytes=c.raw_bytes
+            )
+            for c in wanted[:ok]
+        ]
+        matched = min(common, chunks[-1].end) if chunks else 0
+        return chunks, matched, "chunk_missing" if ok < len(wanted) else ""
+
+    async def _walk_chain(
+        self, tenant: str, ns: Namespace, tokens: list[int], chunks: list[pb.ChunkRef], matched: int
+    ) -> tuple[list[pb.ChunkRef], int]:
+        """Extend the full chunks already matched along the content-addressed chain.
+
+        Full chunks wholly inside the matched prefix have exactly the chain's keys (a key hashes every
+        token before it), so the walk starts after them and EXISTS-checks only the rest.
+        """
+        size = ns.chunk_size
+        known = 0
+        while (
+            known < len(chunks)
+            and chunks[known].end - chunks[known].start == size
+            and (chunks[known].end <= matched)
+        ):
+            known += 1
+        parent = chunks[known - 1].key if known else ""
+        keys: list[str] = []
+        for start in range(known * size, len(tokens) - size + 1, size):
+            parent = chunk_key(ns, parent, start, tokens[start : start + size])
+            keys.append(parent)
+        if not keys:
+            return chunks, matched
+        found = await self._backend.touch_chunks_nonatomic(
+            tenant, keys, self._chunk_ttl_ms(), stop_at_missing=True
+        )
+        walked = found.index(False) if False in found else len(found)
+        if (known + walked) * size <= matched:
+            return chunks, matched
+        sizes = await self._backend.chunk_sizes(tenant, keys[:walked])
+        extended = chunks[:known] + [
+            pb.ChunkRef(
+                key=k,
+                start=(known + i) * size,
+                end=(known + i + 1) * size,
+                stored_bytes=(sz or (0, 0))[0],
+                raw_bytes=(sz or (0, 0))[1],
+            )
+            for i, (k, sz) in enumerate(zip(keys[:walked], sizes, strict=True))
+        ]
+        return extended, (known + walked) * size
+
+    # -- sessions -----------------------------------------------------------------------------------
+
+    async def CommitTurn(
+        self, request: pb.CommitTurnRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CommitTurnResponse:
+        tenant = current_tenant()
+        if not request.HasField("manifest"):
+            raise InvalidArgument("manifest is required")
+        m = request.manifest
+        validation.manifest(m)
+        commit_id = validation.commit_id(request.commit_id)
+        expected = request.expected_version
+        if expected > _MAX_VERSION:
+            raise InvalidArgument(f"expected_version must be <= {_MAX_VERSION}")
+        keys = [c.key for c in m.chunks]
+        found = await self._backend.touch_chunks_nonatomic(
+            tenant, keys, self._chunk_ttl_ms(), stop_at_missing=True
+        )
+        if False in found:
+            i = found.index(False)
+            raise FailedPrecondition(f"manifest.chunks[{i}] (key {keys[i]}) is not stored; upload it first")
+        now = _now_ms()
+        created = now
+        if expected:
+            current = await self._load_manifest(tenant, m.session_id)
+            if current is not None and current.version == expected:
+                created = current.created_ms
+        new = pb.Manifest()
+        new.CopyFrom(m)
+        new.version = expected + 1
+        new.created_ms = created
+        new.updated_ms = now
+        new.raw_bytes = sum(c.raw_bytes for c in m.chunks)
+        new.stored_bytes = sum(c.stored_bytes for c in m.chunks)
+        summary = SessionSummary(
+            session_id=m.session_id,
+            version=new.version,
+            turns=m.turns,
+            tokens=len(m.token_ids),
+            raw_bytes=new.raw_bytes,
+            stored_bytes=new.stored_bytes,
+            updated_ms=now,
+        )
+        outcome = await self._backend.commit_session(
+            tenant,
+            m.session_id,
+            expected_version=expected,
+            commit_id=commit_id,
+            manifest=validation.encode_manifest(new),
+            summary=summary,
+            ttl_ms=self._session_ttl_ms(request.ttl_s),
+        )
+        return pb.CommitTurnResponse(version=outcome.version)
+
+    async def GetSession(
+        self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetSessionResponse:
+        tenant = current_tenant()
+        manifest = await self._load_manifest(tenant, validation.session_id(request.session_id))
+        if manifest is None:
+            raise NotFound("session not found")
+        return pb.GetSessionResponse(manifest=manifest)
+
+    async def ListSessions(
+        self, request: pb.ListSessionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSessionsResponse:
+        tenant = current_tenant()
+        limit = validation.page_size(request.page_size)
+        if request.page_token:
+            validation.session_id(request.page_token, "page_token")
+        sessions, token = await self._backend.list_sessions(tenant, request.page_token, limit)
+        return pb.ListSessionsResponse(
+            sessions=[
+                pb.SessionSummary(
+                    session_id=s.session_id,
+                    version=s.version,
+                    turns=s.turns,
+                    tokens=s.tokens,
+                    raw_bytes=s.raw_bytes,
+                    stored_bytes=s.stored_bytes,
+                    updated_ms=s.updated_ms,
+                )
+                for s in sessions
+            ],
+            next_page_token=token,
+        )
+
+    async def DeleteSession(
+        self, request: pb.DeleteSessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteSessionResponse:
+        tenant = current_tenant()
+        if not await self._backend.delete_session(tenant, validation.session_id(request.session_id)):
+            raise NotFound("session not found")
+        return pb.DeleteSessionResponse()
+
+    async def GetStats(
+        self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetStatsResponse:
+        tenant = current_tenant()
+        usage = await self._backend.usage(tenant)
+        return pb.GetStatsResponse(
+            tenant=tenant,
+            sessions=usage.sessions,
+            chunks=usage.chunks,
+            raw_bytes=usage.raw_bytes,
+            stored_bytes=usage.stored_bytes,
+            quota_bytes=self._cfg.quota_for(tenant),
+            backend_used_memory_bytes=await self._backend.used_memory(),
+            backend=self._backend.kind,
+        )

@@ -1,0 +1,167 @@
+"""Request validation: pure checks that raise ``InvalidArgument`` naming the field and the limit.
+
+Also the manifest's stored form (a checksummed envelope around the ``Manifest`` protobuf).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+
+from gearkv.api.v1 import kvstore_pb2 as pb
+from gearkv.client.keys import Namespace, chunk_key, is_valid_key, is_valid_session_id
+from gearkv.store.chunk_format import DIGEST_BYTES, ChunkMeta
+from gearkv.store.errors import DataLoss, InvalidArgument
+
+MAX_TOKENS = 1_048_576
+MAX_ATTRIBUTES = 64
+MAX_ATTRIBUTE_KEY = 128
+MAX_ATTRIBUTE_VALUE = 65536
+MAX_ROLE = 64
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+_COMMIT_ID_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
+_MANIFEST_MAGIC = b"GKVM"
+_MANIFEST_PREFIX = struct.Struct("<4sH16s")
+
+
+def namespace(msg: pb.Namespace, has: bool, field: str = "namespace") -> Namespace:
+    if not has:
+        raise InvalidArgument(f"{field} is required")
+    try:
+        ns = Namespace(msg.fingerprint, msg.codec_id, msg.chunk_size)
+    except ValueError as exc:
+        raise InvalidArgument(f"{field}.{str(exc).removeprefix('namespace.')}") from None
+    if msg.fingerprint.endswith("\n"):  # keys.py's regexes end in "$", which admits one trailing newline
+        raise InvalidArgument(f"{field}.fingerprint must be 1-128 chars of [0-9A-Za-z._:-]")
+    return ns
+
+
+def key(value: str, field: str) -> str:
+    if not is_valid_key(value) or value.endswith("\n"):
+        raise InvalidArgument(f"{field} must be 64 lowercase hex chars")
+    return value
+
+
+def session_id(value: str, field: str = "session_id") -> str:
+    if not is_valid_session_id(value) or value.endswith("\n"):
+        raise InvalidArgument(f"{field} must be 1-128 chars of [A-Za-z0-9._:-]")
+    return value
+
+
+def commit_id(value: str) -> str:
+    if not _COMMIT_ID_RE.match(value):
+        raise InvalidArgument("commit_id must be 1-64 printable ASCII chars without spaces")
+    return value
+
+
+def token_count(n: int, field: str) -> None:
+    if n > MAX_TOKENS:
+        raise InvalidArgument(f"{field} has {n} entries; the limit is {MAX_TOKENS}")
+
+
+def ttl_ms(ttl_s: int, default_s: int, max_s: int) -> int:
+    return min(ttl_s or default_s, max_s) * 1000
+
+
+def page_size(value: int) -> int:
+    if value == 0:
+        return DEFAULT_PAGE_SIZE
+    if not 1 <= value <= MAX_PAGE_SIZE:
+        raise InvalidArgument(f"page_size must be in 1..{MAX_PAGE_SIZE} (0 = {DEFAULT_PAGE_SIZE})")
+    return value
+
+
+def put_header(h: pb.PutChunkHeader, max_chunk_bytes: int, tenant: str) -> ChunkMeta:
+    """Check a PutChunk header, including that ``key`` is the chain hash of its token ids."""
+    key(h.key, "header.key")
+    if h.parent_key:
+        key(h.parent_key, "header.parent_key")
+    ns = namespace(h.namespace, h.HasField("namespace"), "header.namespace")
+    size = ns.chunk_size
+    if h.start % size:
+        raise InvalidArgument(f"header.start must be a multiple of namespace.chunk_size ({size})")
+    if not h.start < h.end <= h.start + size:
+        raise InvalidArgument(f"header.end must be in start+1..start+{size} (chunk_size)")
+    if len(h.token_ids) != h.end - h.start:
+        raise InvalidArgument(f"header.token_ids must have end - start = {h.end - h.start} entries")
+    if (h.start == 0) != (h.parent_key == ""):
+        raise InvalidArgument("header.parent_key must be empty exactly when header.start is 0")
+    if not 1 <= h.total_bytes <= max_chunk_bytes:
+        raise InvalidArgument(f"header.total_bytes must be in 1..{max_chunk_bytes}")
+    if len(h.digest) != DIGEST_BYTES:
+        raise InvalidArgument(f"header.digest must be {DIGEST_BYTES} bytes (XXH3-128)")
+    if chunk_key(ns, h.parent_key, h.start, h.token_ids) != h.key:
+        raise InvalidArgument("header.key does not match parent_key, start and token_ids")
+    return ChunkMeta(
+        tenant=tenant,
+        key=h.key,
+        namespace=ns,
+        start=h.start,
+        end=h.end,
+        raw_bytes=h.raw_bytes,
+        stored_bytes=h.total_bytes,
+        digest=bytes(h.digest),
+    )
+
+
+def manifest(m: pb.Manifest) -> Namespace:
+    """Check a manifest to commit: ids, sizes, and that its chunks chain over its token ids."""
+    session_id(m.session_id, "manifest.session_id")
+    ns = namespace(m.namespace, m.HasField("namespace"), "manifest.namespace")
+    token_count(len(m.token_ids), "manifest.token_ids")
+    if len(m.attributes) > MAX_ATTRIBUTES:
+        raise InvalidArgument(
+            f"manifest.attributes has {len(m.attributes)} entries; the limit is {MAX_ATTRIBUTES}"
+        )
+    for name, value in m.attributes.items():
+        if not 1 <= len(name) <= MAX_ATTRIBUTE_KEY or len(value) > MAX_ATTRIBUTE_VALUE:
+            raise InvalidArgument(
+                f"manifest.attributes keys must be 1-{MAX_ATTRIBUTE_KEY} chars, "
+                f"values <= {MAX_ATTRIBUTE_VALUE}"
+            )
+    for i, msg in enumerate(m.messages):
+        if not 1 <= len(msg.role) <= MAX_ROLE:
+            raise InvalidArgument(f"manifest.messages[{i}].role must be 1-{MAX_ROLE} chars")
+    size = ns.chunk_size
+    tokens = m.token_ids
+    parent = ""
+    end = 0
+    for i, c in enumerate(m.chunks):
+        field = f"manifest.chunks[{i}]"
+        key(c.key, f"{field}.key")
+        if c.start != end:
+            raise InvalidArgument(f"{field}.start must be {end} (chunks are contiguous from 0)")
+        if end % size:
+            raise InvalidArgument(f"{field}: only the last chunk may be shorter than chunk_size ({size})")
+        if not c.start < c.end <= c.start + size:
+            raise InvalidArgument(f"{field}.end must be in start+1..start+{size} (chunk_size)")
+        if c.end > len(tokens):
+            raise InvalidArgument(f"{field}.end must be <= len(manifest.token_ids) ({len(tokens)})")
+        if chunk_key(ns, parent, c.start, tokens[c.start : c.end]) != c.key:
+            raise InvalidArgument(f"{field}.key does not match the token ids it covers")
+        parent, end = c.key, c.end
+    return ns
+
+
+def encode_manifest(m: pb.Manifest) -> bytes:
+    body = m.SerializeToString(deterministic=True)
+    return _MANIFEST_PREFIX.pack(_MANIFEST_MAGIC, 1, hashlib.blake2b(body, digest_size=16).digest()) + body
+
+
+def decode_manifest(value: bytes) -> pb.Manifest:
+    """Parse a stored manifest. Raises DataLoss when the value is damaged."""
+    n = _MANIFEST_PREFIX.size
+    if len(value) < n:
+        raise DataLoss("stored manifest is corrupt")
+    magic, version, check = _MANIFEST_PREFIX.unpack_from(value)
+    body = value[n:]
+    if magic != _MANIFEST_MAGIC or version != 1 or hashlib.blake2b(body, digest_size=16).digest() != check:
+        raise DataLoss("stored manifest is corrupt")
+    m = pb.Manifest()
+    try:
+        m.ParseFromString(body)
+    except Exception:  # protobuf's DecodeError; the checksum makes this unreachable in practice
+        raise DataLoss("stored manifest is corrupt") from None
+    return m

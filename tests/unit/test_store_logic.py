@@ -1,0 +1,359 @@
+"""Store logic without network: value format, validation, auth, config/CLI, servicer on a fake backend."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from gearkv.api.v1 import kvstore_pb2 as pb
+from gearkv.client.keys import Namespace, chain
+from gearkv.store import validation
+from gearkv.store.auth import Authenticator, hash_token, parse_tenants
+from gearkv.store.chunk_format import ChunkMeta, CorruptValue, decode_value, encode_value, payload_digest
+from gearkv.store.cli import build_parser, config_from_args
+from gearkv.store.config import StoreConfig, TenantConfig
+from gearkv.store.context import tenant_var
+from gearkv.store.errors import (
+    Aborted,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+)
+from gearkv.store.metrics import StoreMetrics
+from gearkv.store.servicer import KVStoreServicer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+from support.fake_backend import FakeBackend
+from support.kv import manifest, ns_proto, put_requests
+
+NS = Namespace("fp-unit", "gear4/v1", 4)
+
+
+def _meta(payload: bytes, key: str = "ab" * 32, tenant: str = "alice") -> ChunkMeta:
+    return ChunkMeta(tenant, key, NS, 0, 4, len(payload) * 4, len(payload), payload_digest(payload))
+
+
+# -- chunk value format ---------------------------------------------------------------------------------
+
+
+@settings(max_examples=50, deadline=None)
+@given(payload=st.binary(min_size=1, max_size=3000))
+def test_value_round_trip(payload: bytes) -> None:
+    meta = _meta(payload)
+    got, view = decode_value(encode_value(meta, payload), "alice", meta.key)
+    assert got == meta and bytes(view) == payload
+
+
+def test_every_single_byte_flip_is_detected() -> None:
+    payload = bytes(range(64))
+    value = encode_value(_meta(payload), payload)
+    for i in range(len(value)):
+        damaged = bytearray(value)
+        damaged[i] ^= 0x04
+        with pytest.raises(CorruptValue):
+            decode_value(bytes(damaged), "alice", "ab" * 32)
+
+
+@pytest.mark.parametrize("cut", [0, 5, 30, -1])
+def test_truncation_is_detected(cut: int) -> None:
+    payload = b"x" * 100
+    value = encode_value(_meta(payload), payload)
+    with pytest.raises(CorruptValue):
+        decode_value(value[:cut], "alice", "ab" * 32)
+
+
+def _legacy_v1_value(meta: ChunkMeta, payload: bytes) -> bytes:
+    """A value as format 1 wrote it: blake2b-128 header check, blake2b-256 payload digest."""
+    header = json.dumps(
+        {
+            "t": meta.tenant,
+            "k": meta.key,
+            "fp": NS.fingerprint,
+            "codec": NS.codec_id,
+            "cs": NS.chunk_size,
+            "s": meta.start,
+            "e": meta.end,
+            "raw": meta.raw_bytes,
+            "n": meta.stored_bytes,
+            "d": hashlib.blake2b(payload, digest_size=32).hexdigest(),
+        },
+        separators=(",", ":"),
+    ).encode()
+    check = hashlib.blake2b(header, digest_size=16).digest()
+    return struct.pack("<4sHI16s", b"GKVC", 1, len(header), check) + header + payload
+
+
+def test_format_1_values_still_read_and_report_the_new_digest() -> None:
+    payload = bytes(range(200))
+    meta = _meta(payload)
+    value = _legacy_v1_value(meta, payload)
+    got, view = decode_value(value, "alice", meta.key)
+    assert got == meta and bytes(view) == payload  # meta.digest is XXH3-128, as the API reports now
+    damaged = bytearray(value)
+    damaged[-1] ^= 1
+    with pytest.raises(CorruptValue, match="digest"):
+        decode_value(bytes(damaged), "alice", meta.key)
+
+
+def test_current_values_use_format_2_with_a_16_byte_digest() -> None:
+    payload = b"z" * 33
+    value = encode_value(_meta(payload), payload)
+    assert struct.unpack_from("<4sH", value) == (b"GKVC", 2) and len(_meta(payload).digest) == 16
+
+
+def test_wrong_key_or_tenant_is_detected() -> None:
+    payload = b"y" * 10
+    value = encode_value(_meta(payload), payload)
+    with pytest.raises(CorruptValue):
+        decode_value(value, "alice", "cd" * 32)
+    with pytest.raises(CorruptValue):
+        decode_value(value, "bob", "ab" * 32)
+
+
+def test_manifest_envelope_detects_damage() -> None:
+    m = manifest("s", NS, [1, 2, 3], chain(NS, [1, 2, 3]))
+    value = validation.encode_manifest(m)
+    assert validation.decode_manifest(value) == m
+    for i in (0, 10, len(value) - 1):
+        damaged = bytearray(value)
+        damaged[i] ^= 1
+        with pytest.raises(DataLoss):
+            validation.decode_manifest(bytes(damaged))
+
+
+# -- auth and configuration -----------------------------------------------------------------------------
+
+
+def test_parse_tenants_forms() -> None:
+    digest = hash_token("t-b")
+    tenants = parse_tenants(
+        json.dumps({"a": {"token": "t-a", "quota_bytes": 10}, "b": {"token_sha256": digest}})
+    )
+    assert tenants == (TenantConfig("a", hash_token("t-a"), 10), TenantConfig("b", digest, 0))
+    assert parse_tenants("a=t-a,b=t-b") == (TenantConfig("a", hash_token("t-a")), TenantConfig("b", digest))
+    assert "t-a" not in repr(tenants)
+    for bad in (
+        "",
+        "{",
+        "[]",
+        '{"a": "x"}',
+        '{"a": {}}',
+        "a",
+        '{"a": {"token": "t", "quota_bytes": "9"}}',
+        '{"a b": {"token": "t"}}',
+    ):
+        with pytest.raises(ValueError):
+            parse_tenants(bad)
+
+
+def test_authenticator() -> None:
+    auth = Authenticator(parse_tenants("alice=tok-1,bob=tok-2"))
+    assert auth.tenant_for([("authorization", "Bearer tok-2")]) == "bob"
+    assert auth.tenant_for([("x", "y"), ("Authorization", "bearer  tok-1 ")]) == "alice"
+    for md in (
+        [],
+        [("authorization", "Bearer tok-3")],
+        [("authorization", "tok-1")],
+        [("authorization", "Bearer ")],
+    ):
+        with pytest.raises(Unauthenticated) as err:
+            auth.tenant_for(md)
+        assert "tok-" not in str(err.value)
+    assert Authenticator((), enabled=False).tenant_for(None) == "default"
+
+
+def test_config_validation() -> None:
+    t = (TenantConfig("a", hash_token("x")),)
+    StoreConfig(tenants=t)
+    StoreConfig(auth=False)
+    for kwargs in (
+        {"tenants": ()},
+        {"tenants": t, "redis_url": "http://x"},
+        {"tenants": t, "tls_key": "k"},
+        {"tenants": t, "tls_client_ca": "ca"},
+        {"tenants": t, "max_in_flight": 0},
+        {"tenants": (*t, TenantConfig("b", hash_token("x")))},
+        {"tenants": t, "default_chunk_ttl_s": 10, "max_chunk_ttl_s": 5},
+    ):
+        with pytest.raises(ValueError):
+            StoreConfig(**kwargs)  # type: ignore[arg-type]
+    assert StoreConfig(auth=False, redis_url="redis+cluster://127.0.0.1:7000").is_cluster
+
+
+def test_cli_flags_over_env_over_defaults() -> None:
+    env = {"GEARKV_PORT": "7001", "GEARKV_REDIS_URL": "redis://127.0.0.1:1/0", "GEARKV_TOKENS": "a=tok"}
+    parser = build_parser("gearkv store", env)
+    cfg = config_from_args(parser.parse_args(["--port", "7002", "--max-in-flight", "9"]), env)
+    assert (cfg.port, cfg.redis_url, cfg.max_in_flight) == (7002, "redis://127.0.0.1:1/0", 9)
+    assert cfg.tenants[0].name == "a" and cfg.auth
+    cfg = config_from_args(parser.parse_args(["--no-auth", "--cluster"]), {})
+    assert not cfg.auth and cfg.is_cluster
+    with pytest.raises(ValueError, match="GEARKV_PORT"):
+        config_from_args(parser.parse_args([]), {"GEARKV_PORT": "abc", "GEARKV_NO_AUTH": "1"})
+
+
+def test_cli_help_documents_flags_and_env(capsys: pytest.CaptureFixture[str]) -> None:
+    from gearkv.store.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for needle in (
+        "--redis-url",
+        "GEARKV_REDIS_URL",
+        "--port",
+        "--tokens-file",
+        "GEARKV_TOKENS",
+        "--no-auth",
+    ):
+        assert needle in out
+
+
+def test_cli_needs_tokens_off_loopback(capsys: pytest.CaptureFixture[str]) -> None:
+    from gearkv.store.cli import main
+
+    assert main(["--redis-url", "redis://127.0.0.1:1/0", "--host", "0.0.0.0"]) == 2
+    assert "tokens" in capsys.readouterr().err
+    parser = build_parser("gearkv store", {})
+    cfg = config_from_args(parser.parse_args(["--redis-url", "redis://127.0.0.1:1/0"]), {})
+    assert not cfg.auth and cfg.host == "127.0.0.1"  # loopback demo: no setup needed
+
+
+# -- servicer on a fake backend ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def backend() -> FakeBackend:
+    return FakeBackend()
+
+
+@pytest.fixture
+def servicer(backend: FakeBackend) -> Iterator[KVStoreServicer]:
+    cfg = StoreConfig(auth=False, tenants=())
+    token = tenant_var.set("alice")
+    yield KVStoreServicer(cfg, backend, StoreMetrics(CollectorRegistry()))
+    tenant_var.reset(token)
+
+
+async def _aiter(items: list[Any]) -> AsyncIterator[Any]:
+    for item in items:
+        yield item
+
+
+async def _push(servicer: KVStoreServicer, tokens: list[int], size: int = 10) -> list[Any]:
+    spans = chain(NS, tokens)
+    for span in spans:
+        await servicer.PutChunk(
+            _aiter(put_requests(NS, span, tokens, bytes([span.start % 256]) * size)), None
+        )
+    return spans
+
+
+async def test_put_get_round_trip_and_dedup(servicer: KVStoreServicer) -> None:
+    tokens = [5, 6, 7, 8, 9]
+    spans = chain(NS, tokens)
+    payload = hashlib.sha256(b"x").digest() * 100_000  # 3.2 MB: several parts back
+    reply = await servicer.PutChunk(_aiter(put_requests(NS, spans[0], tokens, payload)), None)
+    assert not reply.deduplicated and reply.stored_bytes == len(payload)
+    again = await servicer.PutChunk(_aiter(put_requests(NS, spans[0], tokens, payload)), None)
+    assert again.deduplicated
+    parts = [m async for m in servicer.GetChunk(pb.GetChunkRequest(key=spans[0].key), None)]
+    part = servicer._cfg.download_part_bytes
+    assert len(parts) == -(-len(payload) // part) and all(len(p.data) <= part for p in parts)
+    assert parts[0].info.total_bytes == len(payload)
+    assert b"".join(p.data for p in parts) == payload
+
+
+async def test_corrupt_stored_chunk_is_data_loss_and_discarded(
+    servicer: KVStoreServicer, backend: FakeBackend
+) -> None:
+    spans = await _push(servicer, [1, 2, 3, 4])
+    key = ("alice", spans[0].key)
+    backend.chunks[key] = backend.chunks[key][:-1] + b"?"
+    with pytest.raises(DataLoss):
+        [m async for m in servicer.GetChunk(pb.GetChunkRequest(key=spans[0].key), None)]
+    assert key not in backend.chunks
+    with pytest.raises(NotFound):
+        [m async for m in servicer.GetChunk(pb.GetChunkRequest(key=spans[0].key), None)]
+
+
+async def test_lookup_combines_manifest_and_chain(servicer: KVStoreServicer, backend: FakeBackend) -> None:
+    tokens = list(range(10))  # chunks [0,4) [4,8) [8,10)
+    spans = await _push(servicer, tokens)
+    await servicer.CommitTurn(
+        pb.CommitTurnRequest(manifest=manifest("s", NS, tokens, spans), commit_id="c"), None
+    )
+
+    async def lookup(query: list[int], sid: str = "") -> pb.LookupPrefixResponse:
+        req = pb.LookupPrefixRequest(namespace=ns_proto(NS), token_ids=query, session_id=sid)
+        return await servicer.LookupPrefix(req, None)
+
+    assert (await lookup(tokens, "s")).matched_tokens == 10
+    assert (await lookup([*tokens, 1], "s")).reason == "not_stored"
+    assert (await lookup(tokens)).matched_tokens == 8  # no manifest: full chunks only
+    assert (await lookup([0, 1, 2, 3, 4, 5, 6, 7, 8, 99], "s")).matched_tokens == 9
+    assert (await lookup([0, 1, 2, 3, 4, 9], "s")).matched_tokens == 5
+    # A longer chain than the manifest (another session pushed more full chunks) wins.
+    longer = [*tokens[:8], 8, 9, 10, 11, 12]
+    await _push(servicer, longer)
+    got = await lookup(longer, "s")
+    assert got.matched_tokens == 12 and [c.end for c in got.chunks] == [4, 8, 12]
+    backend.expire("alice", spans[1].key)
+    got = await lookup(tokens, "s")
+    assert got.matched_tokens == 4 and got.reason == "chunk_missing"
+    assert (await lookup([], "s")).matched_tokens == 0
+
+
+async def test_commit_rules(servicer: KVStoreServicer, backend: FakeBackend) -> None:
+    tokens = list(range(6))
+    spans = await _push(servicer, tokens)
+    m = manifest("s", NS, tokens, spans)
+    req = pb.CommitTurnRequest(manifest=m, commit_id="c1")
+    assert (await servicer.CommitTurn(req, None)).version == 1
+    assert (await servicer.CommitTurn(req, None)).version == 1
+    with pytest.raises(Aborted):
+        await servicer.CommitTurn(pb.CommitTurnRequest(manifest=m, commit_id="c2"), None)
+    backend.expire("alice", spans[1].key)
+    with pytest.raises(FailedPrecondition, match=r"manifest.chunks\[1\]"):
+        await servicer.CommitTurn(pb.CommitTurnRequest(manifest=m, commit_id="c3", expected_version=1), None)
+    stored = validation.decode_manifest(backend.sessions[("alice", "s")][0])
+    assert stored.version == 1 and stored.created_ms == stored.updated_ms and stored.stored_bytes == 2000
+
+
+async def test_quota_error_passes_through(servicer: KVStoreServicer, backend: FakeBackend) -> None:
+    servicer._cfg = StoreConfig(tenants=(TenantConfig("alice", hash_token("t"), 15),))
+    await _push(servicer, [1, 2, 3, 4])
+    with pytest.raises(ResourceExhausted):
+        await _push(servicer, [9, 9, 9, 9])
+
+
+async def test_put_stream_errors(servicer: KVStoreServicer) -> None:
+    tokens = [1, 2, 3, 4]
+    span = chain(NS, tokens)[0]
+    reqs = put_requests(NS, span, tokens, b"abcdef", part=2)
+    with pytest.raises(InvalidArgument, match="empty stream"):
+        await servicer.PutChunk(_aiter([]), None)
+    with pytest.raises(InvalidArgument, match="received 4"):
+        await servicer.PutChunk(_aiter(reqs[:2]), None)
+    with pytest.raises(InvalidArgument, match="only in the first"):
+        await servicer.PutChunk(_aiter([*reqs, reqs[0]]), None)
+    reqs[1].data = b"zz"
+    with pytest.raises(DataLoss):
+        await servicer.PutChunk(_aiter(reqs), None)
+
+
+def test_malloc_tuning_is_applied_on_glibc() -> None:
+    import platform
+
+    from gearkv.store.tuning import keep_freed_memory
+
+    assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
