@@ -1,0 +1,276 @@
+"""`gearkv bench resume`: time to first token resuming a session from the store vs recomputing it.
+
+For each context length (512, 1k, 2k, 4k tokens of Shakespeare) and codec preset (fp16, gear4,
+gear3, gear2) a session holding that context is committed to the store by one worker; a *fresh*
+worker (empty hot cache) then continues it with a short follow-up (16 new tokens). Figures, medians
+over ``--repeat`` runs:
+
+- ``resume_s``: the fresh worker's time to first token (session read, prefix lookup, pipelined
+  pull + decode, cache rebuild, prefill of the 16 new tokens, first token);
+- ``recompute_s``: time to first token prefilling the whole context + follow-up from scratch;
+- ``overhead_s``: ``resume_s`` minus the new tokens' prefill: what resuming costs;
+- ``redis_get_s`` + ``decode_s``: its floor, measured alone in the same run: one redis-py pipeline
+  GET of the same stored values straight from Redis, and the codec decoding the blobs in memory.
+
+Targets on a 2-core CPU: resume >= 10x faster than recompute at 2k tokens, and overhead <= 1.5x
+the floor. Starts its own redis-server and store (or uses ``--redis-url``) and stops them after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Row", "main"]
+
+CONTEXTS = (512, 1024, 2048, 4096)
+PRESETS = ("fp16", "gear4", "gear3", "gear2")
+NEW_TOKENS = 16
+
+
+@dataclass
+class Row:
+    context_tokens: int
+    preset: str
+    resume_s: float
+    recompute_s: float
+    overhead_s: float
+    redis_get_s: float
+    decode_s: float
+    floor_s: float
+    overhead_vs_floor: float
+    speedup: float
+    pull_s: float
+    prefill_new_s: float
+    chunks: int
+    bytes_raw: int
+    bytes_stored: int
+    ratio: float
+
+
+def _median(fn: Callable[[], float], repeat: int) -> float:
+    return statistics.median(fn() for _ in range(repeat))
+
+
+def _context_ids(tokenizer: Any, tokens: int) -> list[int]:
+    from gearkv.worker.demo import _default_text, load_passages
+
+    path = _default_text()
+    text = path.read_text(encoding="utf-8") if path is not None else "\n\n".join(load_passages(None))
+    ids: list[int] = tokenizer(text[: tokens * 8], add_special_tokens=False)["input_ids"]
+    while len(ids) < tokens:
+        ids = ids + ids
+    return [int(i) for i in ids[:tokens]]
+
+
+def main(argv: Sequence[str], prog: str = "gearkv bench resume") -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="2k tokens of context only (a few minutes)")
+    parser.add_argument("--contexts", type=int, nargs="+", default=None, help=f"default {list(CONTEXTS)}")
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS))
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="runs per figure (median; default 3, quick 2)"
+    )
+    parser.add_argument("--chunk-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+    parser.add_argument("--store-in-process", action="store_true", help="run the store in this process")
+    parser.add_argument("--json", type=Path, default=None, help="write the rows to this JSON file")
+    args = parser.parse_args(list(argv))
+    contexts = args.contexts or ([2048] if args.quick else list(CONTEXTS))
+    repeat = args.repeat or (2 if args.quick else 3)
+    if repeat < 1 or any(c < 32 for c in contexts):
+        parser.error("--repeat must be >= 1 and contexts >= 32 tokens")
+    from gearkv.codec import PRESETS as ALL_PRESETS
+
+    bad = [p for p in args.presets if p not in ALL_PRESETS]
+    if bad:
+        parser.error(f"unknown presets {bad}; choose from {sorted(ALL_PRESETS)}")
+    from gearkv.worker.demo import _exit_on_sigterm
+
+    _exit_on_sigterm()
+    rows = _run(contexts, args.presets, repeat, args)
+    _print(rows)
+    if args.json is not None:
+        doc = {
+            "benchmark": "resume",
+            "new_tokens": NEW_TOKENS,
+            "repeat": repeat,
+            "threads": args.threads,
+            "chunk_size": args.chunk_size,
+            "rows": [asdict(r) for r in rows],
+        }
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _run(contexts: Sequence[int], presets: Sequence[str], repeat: int, args: argparse.Namespace) -> list[Row]:
+    from contextlib import ExitStack
+
+    import redis
+    import torch
+    from gearkv.client import KVStoreClient
+    from gearkv.store.backend import chunk_redis_key
+    from gearkv.worker.engine import Engine, SamplingParams
+    from gearkv.worker.fingerprint import model_fingerprint
+    from gearkv.worker.localstack import LocalRedis, LocalStore
+    from gearkv.worker.metrics import WorkerMetrics
+    from gearkv.worker.model import load_model
+    from gearkv.worker.sessions import SessionOptions, Worker
+
+    torch.set_num_threads(args.threads)
+    rows: list[Row] = []
+    with ExitStack() as stack:
+        url = args.redis_url
+        if not url:
+            url = stack.enter_context(LocalRedis()).url
+        store = stack.enter_context(LocalStore(url, in_process=args.store_in_process))
+        client = KVStoreClient(store.address, token=store.token, timeout=60)
+        stack.callback(client.close)
+        rclient = redis.Redis.from_url(url)
+        stack.callback(rclient.close)
+        t = time.perf_counter()
+        engine = Engine(load_model())
+        engine.warmup()
+        fingerprint = model_fingerprint(engine.loaded)
+        print(f"model ready in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+        one = SamplingParams(max_new_tokens=1)
+        for ctx in contexts:
+            ids = _context_ids(engine.tokenizer, ctx + NEW_TOKENS)
+            context, prompt = ids[:ctx], ids
+
+            def recompute(prompt: list[int] = prompt) -> float:
+                t0 = time.perf_counter()
+                gen = engine.generate(prompt, one).run()
+                return gen.first_token_at - t0
+
+            recompute_s = _median(recompute, repeat)
+            print(f"{ctx} tokens: recompute {recompute_s:.2f}s", file=sys.stderr)
+            for preset in presets:
+                opts = SessionOptions(codec=preset, chunk_size=args.chunk_size, hot_cache_bytes=0)
+                session = f"bench-{preset}-{ctx}"
+                writer = Worker(engine, client, opts, WorkerMetrics(), fingerprint=fingerprint)
+                first = writer.generate([*context, 0], one, session_id=session).run()
+                assert first.push is not None
+                pushed = first.push.result()
+                if pushed.error:
+                    raise RuntimeError(f"push failed: {pushed.error} {pushed.detail}")
+                writer.close()
+                refs = [r for r in pushed.chunks if r.start < ctx]
+                rkeys = [chunk_redis_key(store.tenant, r.key) for r in refs]
+                blobs = [client.get_chunk(r.key) for r in refs]
+                # Each repeat measures a resume and then its floor back to back, so that both see the
+                # same machine load; every resume rewrites the session but keeps its context chunks.
+                samples: list[tuple[float, float, float, float, float]] = []
+                for _ in range(repeat):
+                    fresh = Worker(engine, client, opts, WorkerMetrics(), fingerprint=fingerprint)
+                    turn = fresh.generate(prompt, one, session_id=session).run()
+                    fresh.close()
+                    s = turn.stats
+                    assert s is not None
+                    if s.source != "store" or s.tokens_reused < ctx:
+                        raise RuntimeError(f"resume did not hit the store: {s}")
+                    get_s = _redis_get(rclient, rkeys)
+                    dec_s = _decode_all(blobs, engine.device, engine.loaded.dtype)
+                    samples.append((s.ttft_s, s.ttft_s - s.prefill_s, s.pull_s, get_s, dec_s))
+                resume_s, overhead_s, pull_s, redis_get_s, decode_s = (
+                    statistics.median(x[i] for x in samples) for i in range(5)
+                )
+                floor = redis_get_s + decode_s
+                raw = sum(r.raw_bytes for r in refs)
+                stored = sum(r.stored_bytes for r in refs)
+                row = Row(
+                    context_tokens=ctx,
+                    preset=preset,
+                    resume_s=round(resume_s, 4),
+                    recompute_s=round(recompute_s, 4),
+                    overhead_s=round(overhead_s, 4),
+                    redis_get_s=round(redis_get_s, 4),
+                    decode_s=round(decode_s, 4),
+                    floor_s=round(floor, 4),
+                    overhead_vs_floor=round(overhead_s / floor, 2) if floor else 0.0,
+                    speedup=round(recompute_s / resume_s, 1) if resume_s else 0.0,
+                    pull_s=round(pull_s, 4),
+                    prefill_new_s=round(resume_s - overhead_s, 4),
+                    chunks=len(refs),
+                    bytes_raw=raw,
+                    bytes_stored=stored,
+                    ratio=round(raw / stored, 2) if stored else 0.0,
+                )
+                rows.append(row)
+                print(
+                    f"  {preset}: resume {row.resume_s:.3f}s ({row.speedup}x), "
+                    f"overhead {row.overhead_s:.3f}s "
+                    f"vs floor {row.floor_s:.3f}s",
+                    file=sys.stderr,
+                )
+    return rows
+
+
+def _redis_get(rclient: Any, rkeys: Sequence[str]) -> float:
+    """One pipelined redis-py GET of the chunks' values, straight from Redis."""
+    t0 = time.perf_counter()
+    pipe = rclient.pipeline(transaction=False)
+    for k in rkeys:
+        pipe.get(k)
+    values = pipe.execute()
+    elapsed = time.perf_counter() - t0
+    if not all(values):
+        raise RuntimeError("a chunk vanished from Redis during the benchmark")
+    return elapsed
+
+
+def _decode_all(blobs: Sequence[bytes], device: Any, dtype: Any) -> float:
+    """The codec decoding the blobs in memory, one after the other."""
+    from gearkv.codec import decode
+
+    t0 = time.perf_counter()
+    for b in blobs:
+        decode(b, device=device, dtype=dtype)
+    return time.perf_counter() - t0
+
+
+def _print(rows: Sequence[Row]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"resume vs recompute (time to first token, {NEW_TOKENS} new tokens)")
+    for col in (
+        "context",
+        "preset",
+        "resume",
+        "recompute",
+        "speed-up",
+        "overhead",
+        "GET+decode floor",
+        "overhead/floor",
+        "ratio",
+    ):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in rows:
+        table.add_row(
+            str(r.context_tokens),
+            r.preset,
+            f"{r.resume_s:.3f}s",
+            f"{r.recompute_s:.2f}s",
+            f"{r.speedup:.1f}x",
+            f"{r.overhead_s:.3f}s",
+            f"{r.redis_get_s:.3f}+{r.decode_s:.3f}s",
+            f"{r.overhead_vs_floor:.2f}x",
+            f"{r.ratio:.2f}x",
+        )
+    Console(width=120).print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

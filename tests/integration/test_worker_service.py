@@ -1,0 +1,195 @@
+"""The Worker gRPC service on 127.0.0.1:0 with the real model and the real store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+import torch
+from gearkv.api.v1 import worker_pb2 as pb
+from gearkv.api.v1 import worker_pb2_grpc
+from gearkv.client import KVStoreClient
+from gearkv.worker.engine import Engine
+from gearkv.worker.localstack import free_port
+from gearkv.worker.metrics import WorkerMetrics
+from gearkv.worker.model import load_model
+from gearkv.worker.service import start_worker_server
+from gearkv.worker.sessions import SessionOptions, Worker
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    torch.set_num_threads(2)
+    eng = Engine(load_model())
+    eng.warmup()
+    return eng
+
+
+@pytest.fixture
+def served(engine: Engine, store: Any) -> Iterator[tuple[worker_pb2_grpc.WorkerStub, Worker]]:
+    client = KVStoreClient(store.address, token=store.tokens["alice"], timeout=20)
+    worker = Worker(engine, client, SessionOptions(codec="gear4", chunk_size=64), WorkerMetrics())
+    server = start_worker_server(worker, "127.0.0.1", 0)
+    channel = grpc.insecure_channel(server.address)
+    try:
+        yield worker_pb2_grpc.WorkerStub(channel), worker
+    finally:
+        channel.close()
+        server.stop(grace=1.0)
+        client.close()
+
+
+def _chat(stub: Any, session: str, message: str, **params: Any) -> list[pb.GenerateResponse]:
+    p = pb.GenerationParams(**({"max_new_tokens": 8} | params))
+    return list(stub.Chat(pb.ChatRequest(session_id=session, message=message, params=p), timeout=300))
+
+
+def test_chat_streams_tokens_then_stats(served: Any) -> None:
+    stub, worker = served
+    replies = _chat(stub, "svc-1", "Say hello.", max_new_tokens=12)
+    *body, last = replies
+    assert body and all(not r.HasField("stats") for r in body)
+    assert last.HasField("stats") and last.finish_reason in {"length", "eos"}
+    assert sum(len(r.token_ids) for r in replies) == last.stats.tokens_generated
+    assert last.stats.outcome == pb.RESUME_OUTCOME_MISS and last.stats.reason == "new_session"
+    assert last.stats.codec == "gear4.v1" and last.stats.ttft_s > 0
+    worker.wait_for_pushes(60)
+    second = _chat(stub, "svc-1", "Again, please.")[-1].stats
+    assert second.outcome == pb.RESUME_OUTCOME_HIT and second.source == "hot_cache"
+    assert second.tokens_reused > 0 and second.bytes_raw > second.bytes_stored > 0
+
+
+def test_generate_raw_token_ids_with_and_without_session(served: Any, engine: Engine) -> None:
+    stub, worker = served
+    ids = engine.tokenizer("The quick brown fox", add_special_tokens=False)["input_ids"]
+    params = pb.GenerationParams(max_new_tokens=5)
+    replies = list(stub.Generate(pb.GenerateRequest(token_ids=ids, params=params), timeout=300))
+    assert replies[-1].stats.tokens_generated == 5 and replies[-1].finish_reason == "length"
+    replies = list(
+        stub.Generate(pb.GenerateRequest(session_id="raw-1", token_ids=ids, params=params), timeout=300)
+    )
+    assert replies[-1].stats.prompt_tokens == len(ids)
+    worker.wait_for_pushes(60)
+    assert worker.client.get_session("raw-1").token_ids[: len(ids)] == tuple(ids)
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (pb.ChatRequest(session_id="bad id!", message="hi"), "session_id"),
+        (pb.ChatRequest(session_id="s", message=""), "message"),
+        (
+            pb.ChatRequest(session_id="s", message="hi", params=pb.GenerationParams(temperature=11)),
+            "temperature",
+        ),
+        (pb.ChatRequest(session_id="s", message="hi", params=pb.GenerationParams(top_p=1.5)), "top_p"),
+        (
+            pb.ChatRequest(session_id="s", message="hi", params=pb.GenerationParams(max_new_tokens=5000)),
+            "max_new_tokens",
+        ),
+        (pb.ChatRequest(session_id="s", message="hi", params=pb.GenerationParams(stop=[""])), "stop"),
+        (pb.ChatRequest(session_id="new-s", message="hi", rewind_turns=3), "rewind_turns"),
+    ],
+)
+def test_bad_chat_requests_are_invalid_argument(served: Any, request_: pb.ChatRequest, field: str) -> None:
+    stub, _ = served
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Chat(request_, timeout=60))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in (err.value.details() or "")
+
+
+def test_bad_generate_requests_are_invalid_argument(served: Any) -> None:
+    stub, _ = served
+    for request_, field in [
+        (pb.GenerateRequest(token_ids=[]), "token_ids"),
+        (pb.GenerateRequest(token_ids=[1, 10**9]), "token_ids"),
+        (pb.GenerateRequest(session_id="x" * 200, token_ids=[1, 2]), "session_id"),
+    ]:
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Generate(request_, timeout=60))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in (err.value.details() or "")
+
+
+def test_second_turn_of_a_busy_session_is_aborted(served: Any) -> None:
+    stub, _ = served
+    params = pb.GenerationParams(max_new_tokens=200, stop=["\x00never"])
+    first = stub.Chat(
+        pb.ChatRequest(session_id="busy", message="Count to one hundred.", params=params), timeout=300
+    )
+    next(first)  # the first turn is now generating
+    with pytest.raises(grpc.RpcError) as err:
+        _chat(stub, "busy", "Hello?")
+    assert err.value.code() == grpc.StatusCode.ABORTED
+    first.cancel()
+
+
+def test_health_is_serving(engine: Engine, store: Any) -> None:
+    worker = Worker(engine, None, SessionOptions(), WorkerMetrics())
+    server = start_worker_server(worker, "127.0.0.1", 0)
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            for name in ("", "gearkv.api.v1.Worker"):
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        server.stop(grace=0.5)
+
+
+@pytest.mark.slow
+def test_gearkv_worker_cli_serves_and_stops_on_sigterm(store: Any) -> None:
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "gearkv.cli",
+        "worker",
+        "--store",
+        store.address,
+        "--token",
+        store.tokens["alice"],
+        "--port",
+        str(port),
+        "--threads",
+        "1",
+        "--codec",
+        "gear3",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        line = ""
+        while time.monotonic() < deadline and "listening on" not in line:
+            line = proc.stdout.readline() if proc.stdout else ""
+            assert line or proc.poll() is None, "worker exited early"
+        assert f"127.0.0.1:{port}" in line
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = worker_pb2_grpc.WorkerStub(channel)
+            last = _chat(stub, "cli-1", "Hi!", max_new_tokens=4)[-1]
+            assert last.stats.codec == "gear3.v1" and last.stats.tokens_generated == 4
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_rejects_bad_flags() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gearkv.cli", "worker", "--codec", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "codec" in done.stderr

@@ -1,0 +1,73 @@
+"""Assembling a worker from a WorkerConfig: model, engine, store client, metrics, gRPC server."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+import torch
+from gearkv.worker.config import WorkerConfig
+from gearkv.worker.engine import Engine
+from gearkv.worker.metrics import WorkerMetrics
+from gearkv.worker.model import LoadedModel, load_model
+from gearkv.worker.service import start_worker_server
+from gearkv.worker.sessions import Worker
+from prometheus_client import CollectorRegistry, start_http_server
+
+__all__ = ["build_worker", "connect_store", "serve"]
+
+log = logging.getLogger("gearkv.worker")
+
+
+def connect_store(target: str | None, token: str | None, timeout_s: float = 10.0) -> Any:
+    """A KVStoreClient for ``target`` (None without a store)."""
+    if not target:
+        return None
+    from gearkv.client import KVStoreClient
+
+    return KVStoreClient(target, token=token, timeout=timeout_s)
+
+
+def build_worker(
+    cfg: WorkerConfig,
+    *,
+    loaded: LoadedModel | None = None,
+    engine: Engine | None = None,
+    registry: CollectorRegistry | None = None,
+    client: Any = None,
+) -> Worker:
+    """Load (or reuse) the model, warm it up and wire the store client and metrics."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if engine is None:
+        engine = Engine(loaded or load_model(cfg.model, cfg.gguf_file, cfg.device, cfg.dtype))
+        engine.warmup()
+    if client is None:
+        client = connect_store(cfg.store, cfg.token, cfg.store_timeout_s)
+    metrics = WorkerMetrics(registry if registry is not None else CollectorRegistry())
+    return Worker(engine, client, cfg.session, metrics)
+
+
+def serve(cfg: WorkerConfig) -> int:
+    """Run ``gearkv worker`` until SIGTERM/SIGINT; returns the exit code."""
+    registry = CollectorRegistry()
+    worker = build_worker(cfg, registry=registry)
+    try:
+        server = start_worker_server(worker, cfg.host, cfg.port)
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
+    if cfg.metrics_port is not None:
+        start_http_server(cfg.metrics_port, addr=cfg.host, registry=registry)
+    print(f"gearkv worker listening on {server.address}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("shutting down (grace %.1fs)", cfg.grace_s)
+    server.stop(cfg.grace_s)
+    if worker.client is not None:
+        worker.client.close()
+    return 0

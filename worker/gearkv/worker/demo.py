@@ -1,0 +1,351 @@
+"""`gearkv demo`: a scripted multi-turn chat whose every turn resumes from the store on a fresh worker.
+
+Starts a local redis-server on a free port (unless ``--redis-url``), the store (a child process, or
+in-process with ``--store-in-process``) and the worker in this process, and plays a conversation
+about passages of Shakespeare that grows past 2,000 tokens of context. Each turn runs on a *fresh*
+Worker (empty hot cache, served over gRPC on a new port), so the KV of the earlier turns can only
+come from the store. For every turn it shows the streamed answer, tokens reused vs prefilled, time
+to first token resumed vs a cold prefill of the same conversation (both measured), and the session's
+KV bytes raw (16-bit) vs stored. Ends with a summary table and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TurnRow", "build_script", "load_passages", "main"]
+
+_BUNDLED = Path(__file__).with_name("demo_passages.txt")
+_QUESTIONS = (
+    "I'd like to talk about some passages from Shakespeare's plays. Here is the first one:\n\n{p}\n\n"
+    "What are the speakers upset about in this passage?",
+    "Here is a second passage, from another play:\n\n{p}\n\n"
+    "Who are the speakers, and what are they discussing?",
+    "A third passage:\n\n{p}\n\nDescribe the mood of this scene in two sentences.",
+    "And a fourth one:\n\n{p}\n\nWho is the most important speaker here, and what do they want?",
+    "Looking back at all four passages, which one is the most dramatic, and why?",
+    "Thank you! Give each of the four passages a short title.",
+)
+
+
+@dataclass
+class TurnRow:
+    """One turn's figures, as written to ``--json`` (``turns`` list)."""
+
+    turn: int
+    prompt_tokens: int
+    tokens_reused: int
+    tokens_prefilled: int
+    tokens_generated: int
+    ttft_s: float
+    ttft_cold_s: float
+    ttft_client_s: float
+    bytes_raw: int
+    bytes_stored: int
+    bytes_pulled: int
+    pull_s: float
+    decompress_s: float
+    compress_s: float
+    outcome: str
+    reason: str
+    source: str
+    answer: str
+
+
+def _default_text() -> Path | None:
+    env = os.environ.get("GEARKV_DEMO_TEXT")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[3]
+    for candidate in (
+        repo / ".." / "shared" / "data" / "tinyshakespeare.txt",
+        repo / "shared" / "data" / "tinyshakespeare.txt",
+    ):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_passages(path: Path | None, count: int = 4, chars: int = 1500) -> list[str]:
+    """``count`` passages of about ``chars`` characters, whole speeches, spread over the text.
+
+    Falls back to the passages bundled with the package when ``path`` is None or unreadable.
+    """
+    try:
+        text = path.read_text(encoding="utf-8") if path is not None else ""
+    except OSError:
+        text = ""
+    step = 250_000 if len(text) > 250_000 * count else len(text) // (count + 1)
+    if step < chars * 2:
+        bundled = _BUNDLED.read_text(encoding="utf-8").split("\n\n", 1)[1]
+        return [p.strip() for p in bundled.split("=====")][:count]
+    out = []
+    for i in range(count):
+        start = text.index("\n\n", step * i) + 2
+        end = start
+        while end - start < chars:
+            nxt = text.find("\n\n", end + 1)
+            if nxt < 0:
+                break
+            end = nxt
+        out.append(text[start:end].strip())
+    return out
+
+
+def build_script(passages: Sequence[str], turns: int) -> list[str]:
+    """The user messages of the scripted conversation (passages first, then questions about them)."""
+    script = []
+    for i in range(turns):
+        template = _QUESTIONS[i % len(_QUESTIONS)]
+        passage = passages[i % len(passages)] if "{p}" in template else ""
+        script.append(template.format(p=passage))
+    return script
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Play a scripted multi-turn chat; every turn resumes its KV cache from the store "
+        "on a fresh worker, compared with a cold prefill of the same conversation.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--redis-url", help="use this Redis instead of starting redis-server on a free port")
+    p.add_argument("--model", help="model folder or hub name (default: the bundled SmolLM2-135M-Instruct)")
+    p.add_argument("--gguf-file", help="GGUF file inside --model")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", help="float32, float16 or bfloat16")
+    p.add_argument("--codec", default="gear4", help="codec preset (fp16 raw kivi2 kivi4 gear2 gear3 gear4)")
+    p.add_argument("--chunk-size", type=int, default=256, help="tokens per stored chunk")
+    p.add_argument("--turns", type=int, default=6, help="number of turns (at least 5 for the full story)")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="answer length cap per turn")
+    p.add_argument("--text", type=Path, default=None, help="text to take passages from (tinyshakespeare)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: min(2, CPUs))")
+    p.add_argument("--no-cold", action="store_true", help="skip the cold-prefill comparison")
+    p.add_argument(
+        "--store-in-process",
+        action="store_true",
+        help="run the store in this process instead of a child process",
+    )
+    p.add_argument("--json", type=Path, default=None, help="write per-turn figures to this file")
+    return p
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so redis-server and the store are stopped, never orphaned."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def main(argv: Sequence[str], prog: str = "gearkv demo") -> int:
+    args = _parser(prog).parse_args(list(argv))
+    if not 1 <= args.turns <= 64:
+        print(f"{prog}: --turns must be in 1..64", file=sys.stderr)
+        return 2
+    if not 1 <= args.max_new_tokens <= 4096:
+        print(f"{prog}: --max-new-tokens must be in 1..4096", file=sys.stderr)
+        return 2
+    from gearkv.codec import PRESETS
+
+    if args.codec not in PRESETS:
+        print(f"{prog}: --codec must be one of {sorted(PRESETS)}", file=sys.stderr)
+        return 2
+    _exit_on_sigterm()
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    import grpc
+    import torch
+    from gearkv.api.v1 import worker_pb2 as wpb
+    from gearkv.api.v1 import worker_pb2_grpc
+    from gearkv.client import KVStoreClient
+    from gearkv.worker.engine import Engine, SamplingParams
+    from gearkv.worker.fingerprint import model_fingerprint
+    from gearkv.worker.localstack import LocalRedis, LocalStore
+    from gearkv.worker.metrics import WorkerMetrics
+    from gearkv.worker.model import load_model
+    from gearkv.worker.service import start_worker_server
+    from gearkv.worker.sessions import SessionOptions, Worker
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(width=None if sys.stdout.isatty() else 110)
+    torch.set_num_threads(args.threads or max(1, min(2, os.cpu_count() or 1)))
+    passages = load_passages(args.text or _default_text())
+    script = build_script(passages, args.turns)
+    rows: list[TurnRow] = []
+
+    with ExitStack() as stack:
+        with console.status("starting redis-server and the store..."):
+            redis_url = args.redis_url
+            if not redis_url:
+                redis = stack.enter_context(LocalRedis())
+                redis_url = redis.url
+            store = stack.enter_context(LocalStore(redis_url, in_process=args.store_in_process))
+        console.print(f"[bold]store[/] {store.address} on {redis_url}")
+        with console.status("loading the model (the first run converts the GGUF file, ~30 s)..."):
+            loaded = load_model(args.model, args.gguf_file, args.device, args.dtype)
+            engine = Engine(loaded)
+            engine.warmup()
+            fingerprint = model_fingerprint(loaded)
+        console.print(f"[bold]model[/] {loaded.name} on {loaded.device} ({loaded.dtype}); codec {args.codec}")
+        client = KVStoreClient(store.address, token=store.token)
+        stack.callback(client.close)
+        options = SessionOptions(codec=args.codec, chunk_size=args.chunk_size, hot_cache_bytes=0)
+        session_id = f"demo-{secrets.token_hex(4)}"
+        history: list[dict[str, str]] = []
+        params = wpb.GenerationParams(max_new_tokens=args.max_new_tokens)
+
+        for number, message in enumerate(script, 1):
+            worker = Worker(engine, client, options, WorkerMetrics(), fingerprint=fingerprint)
+            server = start_worker_server(worker, "127.0.0.1", 0)
+            title = f"turn {number}/{len(script)} · fresh worker {server.address} · session {session_id}"
+            console.rule(title)
+            shown = message if len(message) < 240 else f"{message[:110]}\n  [...]\n{message[-110:]}"
+            console.print(Text("user: ", style="bold cyan") + Text(shown))
+            answer = ""
+            stats: Any = None
+            t_send = time.perf_counter()
+            t_first = 0.0
+            try:
+                with grpc.insecure_channel(server.address) as channel:
+                    stub = worker_pb2_grpc.WorkerStub(channel)
+                    request = wpb.ChatRequest(session_id=session_id, message=message, params=params)
+                    status = Text(
+                        "resuming the session from the store, prefilling the new tokens...", style="yellow"
+                    )
+                    with Live(
+                        Panel(Group(Text(""), status), title="assistant"),
+                        console=console,
+                        refresh_per_second=8,
+                        transient=False,
+                    ) as live:
+                        for reply in stub.Chat(request, timeout=1800):
+                            if reply.text and not t_first:
+                                t_first = time.perf_counter() - t_send
+                                status = Text(
+                                    f"first token after {t_first:.2f} s; generating...", style="green"
+                                )
+                            answer += reply.text
+                            if reply.HasField("stats"):
+                                stats = reply.stats
+                                status = Text(f"done ({reply.finish_reason})", style="green")
+                            live.update(Panel(Group(Text(answer), status), title="assistant"))
+            finally:
+                server.stop(grace=1.0)  # waits for this turn's push + commit
+            console.line()
+            push = worker.last_push(session_id)
+            history += [{"role": "user", "content": message}]
+            cold = 0.0
+            if not args.no_cold:
+                with console.status("measuring a cold prefill of the same conversation..."):
+                    prompt = engine.encode_chat(history)
+                    t0 = time.perf_counter()
+                    gen = engine.generate(prompt, SamplingParams(max_new_tokens=1))
+                    gen.run()
+                    cold = gen.first_token_at - t0
+            history += [{"role": "assistant", "content": answer}]
+            row = TurnRow(
+                turn=number,
+                prompt_tokens=stats.prompt_tokens,
+                tokens_reused=stats.tokens_reused,
+                tokens_prefilled=stats.tokens_prefilled,
+                tokens_generated=stats.tokens_generated,
+                ttft_s=round(stats.ttft_s, 4),
+                ttft_cold_s=round(cold, 4),
+                ttft_client_s=round(t_first, 4),
+                bytes_raw=push.bytes_raw if push and not push.error else stats.bytes_raw,
+                bytes_stored=push.bytes_stored if push and not push.error else stats.bytes_stored,
+                bytes_pulled=stats.bytes_pulled,
+                pull_s=round(stats.pull_s, 4),
+                decompress_s=round(stats.decompress_s, 4),
+                compress_s=round(push.compress_s, 4) if push else 0.0,
+                outcome=wpb.ResumeOutcome.Name(stats.outcome).removeprefix("RESUME_OUTCOME_").lower(),
+                reason=stats.reason,
+                source=stats.source,
+                answer=answer,
+            )
+            rows.append(row)
+            speedup = f" ({row.ttft_cold_s / row.ttft_s:.1f}x faster)" if cold and row.ttft_s else ""
+            console.print(
+                f"[bold]{row.outcome}[/]{' (' + row.reason + ')' if row.reason else ''}: "
+                f"{row.tokens_reused} tokens reused from the {row.source or 'nowhere'}, "
+                f"{row.tokens_prefilled} prefilled · TTFT {row.ttft_s:.2f} s resumed vs "
+                f"{row.ttft_cold_s:.2f} s cold{speedup} · session KV {_mib(row.bytes_raw)} raw -> "
+                f"{_mib(row.bytes_stored)} stored"
+                + (f" · push failed: {push.error}" if push and push.error else "")
+            )
+
+        table = Table(title=f"GearKV demo: {loaded.name}, codec {args.codec}, chunk {args.chunk_size} tokens")
+        for col in (
+            "turn",
+            "context",
+            "reused",
+            "prefill",
+            "outcome",
+            "TTFT",
+            "cold",
+            "gain",
+            "KV raw",
+            "stored",
+            "ratio",
+        ):
+            table.add_column(col, justify="right", no_wrap=True)
+        for r in rows:
+            table.add_row(
+                str(r.turn),
+                str(r.prompt_tokens),
+                str(r.tokens_reused),
+                str(r.tokens_prefilled),
+                r.outcome,
+                f"{r.ttft_s:.2f}s",
+                f"{r.ttft_cold_s:.2f}s" if r.ttft_cold_s else "-",
+                f"{r.ttft_cold_s / r.ttft_s:.1f}x" if r.ttft_cold_s and r.ttft_s else "-",
+                f"{r.bytes_raw / (1 << 20):.1f}M",
+                f"{r.bytes_stored / (1 << 20):.1f}M",
+                f"{r.bytes_raw / r.bytes_stored:.1f}x" if r.bytes_stored else "-",
+            )
+        console.print(table)
+        if args.json is not None:
+            doc = {
+                "model": loaded.name,
+                "device": str(loaded.device),
+                "dtype": str(loaded.dtype).removeprefix("torch."),
+                "codec": args.codec,
+                "chunk_size": args.chunk_size,
+                "turns": [asdict(r) for r in rows],
+            }
+            args.json.write_text(json.dumps(doc, indent=2) + "\n")
+            console.print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

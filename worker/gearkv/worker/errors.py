@@ -1,0 +1,31 @@
+"""Errors the worker raises to its callers (the gRPC service maps each to one status code).
+
+::
+
+    WorkerError
+    ├── InvalidRequest     (also ValueError) a field is malformed or out of range -> INVALID_ARGUMENT
+    ├── SessionBusy        another turn of the session is running               -> ABORTED
+    └── WorkerOverloaded   too many turns in flight                              -> RESOURCE_EXHAUSTED
+
+Store and codec faults never surface here: a turn degrades to recomputing and says why in its stats.
+"""
+
+from __future__ import annotations
+
+__all__ = ["InvalidRequest", "SessionBusy", "WorkerError", "WorkerOverloaded"]
+
+
+class WorkerError(Exception):
+    """Root of the worker's own errors."""
+
+
+class InvalidRequest(WorkerError, ValueError):
+    """A request field is malformed or out of range; the message names the field and the limit."""
+
+
+class SessionBusy(WorkerError):
+    """Another turn of this session is running on this worker; retry when it has finished."""
+
+
+class WorkerOverloaded(WorkerError):
+    """The worker already runs its maximum number of turns; retry with backoff."""

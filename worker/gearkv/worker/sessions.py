@@ -1,0 +1,639 @@
+"""Chat sessions resumed from the store: the worker's turn logic.
+
+One turn:
+
+1. read the session (the store's manifest: conversation, token ids, chunks, version), or this
+   worker's local record while its previous push is still running;
+2. render the conversation plus the new message with the chat template -> prompt token ids;
+3. reuse KV for the longest prefix available: the hot cache (same worker, no transfer) or the store
+   (``LookupPrefix`` -> pipelined pull + decode -> cache rebuilt), never more than ``prompt - 1``
+   tokens (the last prompt token is fed to get the first logits);
+4. prefill only the rest and stream the answer;
+5. after the answer, in a background thread: compress the chunks the store does not hold yet, push
+   them and commit the turn (compare-and-set on the manifest version).
+
+Every store or codec fault degrades step 3 to recomputing and is reported as the turn's ``reason``
+(counted in Prometheus); a turn never fails because of the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from gearkv.client import ChatMessage, ChunkRef, Manifest, errors
+from gearkv.client.keys import Namespace, is_valid_session_id
+from gearkv.codec import Codec, CodecError
+from gearkv.worker import hf_cache
+from gearkv.worker.chunking import common_prefix
+from gearkv.worker.engine import Delta, Engine, Generation, SamplingParams
+from gearkv.worker.errors import InvalidRequest, SessionBusy, WorkerOverloaded
+from gearkv.worker.fingerprint import model_fingerprint
+from gearkv.worker.hot_cache import HotCache, HotEntry
+from gearkv.worker.metrics import WorkerMetrics
+from gearkv.worker.transfer import KVGeometry, PushResult, fault_reason, pull_prefix, push_turn
+
+__all__ = ["SessionOptions", "Turn", "TurnStats", "Worker"]
+
+MAX_MESSAGE_CHARS = 1 << 20
+MAX_SYSTEM_PROMPT_CHARS = 1 << 16
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """How the worker stores and reuses KV (frozen; built by the entrypoints from flags/env)."""
+
+    codec: str = "gear4"
+    chunk_size: int = 256
+    hot_cache_bytes: int = 1 << 30
+    # Pull a stored prefix only if it covers at least this many tokens (tiny ones recompute faster).
+    min_reuse_tokens: int = 1
+    max_turns_in_flight: int = 4
+    chunk_ttl_s: int = 0
+    session_ttl_s: int = 0
+    # Push and commit in a background thread (False: before the turn's last message; for tests).
+    background_push: bool = True
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.chunk_size <= 65536:
+            raise ValueError("chunk_size must be in 1..65536")
+        if self.hot_cache_bytes < 0:
+            raise ValueError("hot_cache_bytes must be >= 0 (0 disables the hot cache)")
+        if self.min_reuse_tokens < 1:
+            raise ValueError("min_reuse_tokens must be >= 1")
+        if not 1 <= self.max_turns_in_flight <= 1024:
+            raise ValueError("max_turns_in_flight must be in 1..1024")
+        if self.chunk_ttl_s < 0 or self.session_ttl_s < 0:
+            raise ValueError("chunk_ttl_s and session_ttl_s must be >= 0")
+
+
+@dataclass
+class TurnStats:
+    """Per-turn figures; mirrors ``gearkv.api.v1.TurnStats`` (outcome as "hit"/"partial"/"miss").
+
+    ``bytes_raw``/``bytes_stored`` describe the session as last committed and ``compress_s``/
+    ``bytes_pushed`` the last finished push, since this turn's push runs after the answer
+    (``push_pending``); ``Turn.push`` resolves to this turn's own figures.
+    """
+
+    outcome: str = "miss"
+    reason: str = ""
+    source: str = ""
+    prompt_tokens: int = 0
+    tokens_reused: int = 0
+    tokens_prefilled: int = 0
+    tokens_generated: int = 0
+    bytes_pulled: int = 0
+    bytes_pushed: int = 0
+    bytes_raw: int = 0
+    bytes_stored: int = 0
+    ttft_s: float = 0.0
+    pull_s: float = 0.0
+    decompress_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    compress_s: float = 0.0
+    push_pending: bool = False
+    codec: str = ""
+
+
+@dataclass
+class _Local:
+    """This worker's view of a session: what it committed or is about to commit."""
+
+    messages: tuple[ChatMessage, ...] = ()
+    token_ids: tuple[int, ...] = ()
+    chunks: tuple[ChunkRef, ...] = ()
+    version: int = 0
+    turns: int = 0
+    pending: Future[PushResult] | None = None
+    last_push: PushResult | None = None
+
+
+@dataclass
+class _View:
+    """A session as the turn starts: conversation and the KV the store (or this worker) holds."""
+
+    messages: tuple[ChatMessage, ...] = ()
+    token_ids: tuple[int, ...] = ()
+    chunks: tuple[ChunkRef, ...] = ()
+    version: int = 0
+    turns: int = 0
+    attributes: dict[str, str] = field(default_factory=dict)
+    new: bool = True
+    fault: str = ""
+    store_ok: bool = True
+    from_local: bool = False
+
+
+class Turn:
+    """A turn in progress: iterate for :class:`Delta` s; ``stats`` and ``finish_reason`` once done.
+
+    ``push`` is the background push's future (None without a store): ``push.result()`` waits for it.
+    """
+
+    def __init__(self, steps: Iterator[Delta]) -> None:
+        self._steps = steps
+        self.stats: TurnStats | None = None
+        self.finish_reason = ""
+        self.text = ""
+        self.token_ids: list[int] = []
+        self.prompt_ids: list[int] = []
+        self.push: Future[PushResult] | None = None
+
+    def __iter__(self) -> Iterator[Delta]:
+        return self._steps
+
+    def close(self) -> None:
+        close = getattr(self._steps, "close", None)
+        if close is not None:
+            close()
+
+    def run(self) -> Turn:
+        """Drain the stream; returns self."""
+        for _ in self._steps:
+            pass
+        return self
+
+
+class Worker:
+    """Serves chat turns for many sessions on one model, reusing KV from a hot cache and the store.
+
+    Args:
+        engine: the model runner.
+        client: a ``gearkv.client.KVStoreClient`` (None: no store, hot cache only).
+        options: codec, chunk size, hot cache size, ...
+        metrics: Prometheus metrics (a private registry when None).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        client: Any = None,
+        options: SessionOptions | None = None,
+        metrics: WorkerMetrics | None = None,
+        *,
+        fingerprint: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.client = client
+        self.options = options or SessionOptions()
+        self.metrics = metrics or WorkerMetrics()
+        self.codec = Codec.from_preset(self.options.codec)
+        self.fingerprint = fingerprint or model_fingerprint(engine.loaded)
+        self.namespace = Namespace(self.fingerprint, self.codec.codec_id, self.options.chunk_size)
+        self.geometry = KVGeometry.of(engine.model.config, engine.device, engine.loaded.dtype)
+        self.hot = HotCache(self.options.hot_cache_bytes)
+        self._local: OrderedDict[str, _Local] = OrderedDict()
+        self._lock = threading.Lock()
+        self._busy: set[str] = set()
+        self._in_flight = 0
+        self._pusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gearkv-push")
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def chat(
+        self,
+        session_id: str,
+        message: str,
+        params: SamplingParams | None = None,
+        *,
+        system_prompt: str = "",
+        rewind_turns: int = 0,
+    ) -> Turn:
+        """Start one chat turn: the user's ``message`` is added to the session's conversation.
+
+        Raises:
+            InvalidRequest: bad session id, empty/oversized message, rewind beyond the conversation.
+            SessionBusy: a turn of this session is already running here.
+            WorkerOverloaded: ``max_turns_in_flight`` turns are running.
+        """
+        _check_session_id(session_id, required=True)
+        if not 1 <= len(message) <= MAX_MESSAGE_CHARS:
+            raise InvalidRequest(f"message must be 1-{MAX_MESSAGE_CHARS} chars")
+        if len(system_prompt) > MAX_SYSTEM_PROMPT_CHARS:
+            raise InvalidRequest(f"system_prompt must be at most {MAX_SYSTEM_PROMPT_CHARS} chars")
+        if rewind_turns < 0:
+            raise InvalidRequest("rewind_turns must be >= 0")
+        params = params or SamplingParams()
+        self._enter(session_id)
+        turn = Turn(iter(()))
+        turn._steps = self._guarded(
+            session_id, self._chat_steps(turn, session_id, message, params, system_prompt, rewind_turns)
+        )
+        return turn
+
+    def generate(
+        self, token_ids: Sequence[int], params: SamplingParams | None = None, *, session_id: str = ""
+    ) -> Turn:
+        """Continue raw ``token_ids``; with ``session_id`` the KV is resumed and stored under it.
+
+        Raises:
+            InvalidRequest: empty prompt, ids outside the vocabulary, a prompt beyond the context.
+            SessionBusy, WorkerOverloaded: as for :meth:`chat`.
+        """
+        _check_session_id(session_id, required=False)
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            raise InvalidRequest("token_ids must not be empty")
+        bad = next((t for t in ids if not 0 <= t < self.engine.vocab_size), None)
+        if bad is not None:
+            raise InvalidRequest(
+                f"token_ids contains {bad}, outside the vocabulary 0..{self.engine.vocab_size - 1}"
+            )
+        if len(ids) >= self.engine.max_context:
+            raise InvalidRequest(
+                f"token_ids has {len(ids)} tokens; the model's context is {self.engine.max_context}"
+            )
+        params = params or SamplingParams()
+        key = session_id or f"\0anon-{id(ids)}"
+        self._enter(key)
+        turn = Turn(iter(()))
+        turn._steps = self._guarded(key, self._generate_steps(turn, session_id, ids, params))
+        return turn
+
+    def wait_for_pushes(self, timeout: float | None = None) -> None:
+        """Block until every push submitted so far has finished."""
+        self._pusher.submit(lambda: None).result(timeout=timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish pending pushes (up to ``timeout`` seconds) and stop the push thread."""
+        with contextlib.suppress(Exception):  # a timed-out push is abandoned; its chunks expire
+            self.wait_for_pushes(timeout)
+        self._pusher.shutdown(wait=False, cancel_futures=True)
+
+    def session_messages(self, session_id: str) -> tuple[ChatMessage, ...]:
+        """The conversation as this worker last saw it (the store's copy is authoritative)."""
+        with self._lock:
+            local = self._local.get(session_id)
+            return local.messages if local else ()
+
+    # -- turn flow -------------------------------------------------------------------------------
+
+    def _enter(self, key: str) -> None:
+        with self._lock:
+            if key in self._busy:
+                raise SessionBusy(f"session {key!r} already has a turn running")
+            if self._in_flight >= self.options.max_turns_in_flight:
+                raise WorkerOverloaded(
+                    f"{self._in_flight} turns in flight (max {self.options.max_turns_in_flight})"
+                )
+            self._busy.add(key)
+            self._in_flight += 1
+            self.metrics.turns_in_flight.set(self._in_flight)
+
+    def _guarded(self, key: str, steps: Iterator[Delta]) -> Iterator[Delta]:
+        try:
+            yield from steps
+        finally:
+            with self._lock:
+                self._busy.discard(key)
+                self._in_flight -= 1
+                self.metrics.turns_in_flight.set(self._in_flight)
+
+    def _chat_steps(
+        self,
+        turn: Turn,
+        session_id: str,
+        message: str,
+        params: SamplingParams,
+        system_prompt: str,
+        rewind_turns: int,
+    ) -> Iterator[Delta]:
+        t0 = time.perf_counter()
+        view = self._read_session(session_id)
+        messages = list(view.messages)
+        if rewind_turns:
+            messages = _rewind(messages, rewind_turns)
+        if not messages and system_prompt:
+            messages.append(ChatMessage("system", system_prompt))
+        messages.append(ChatMessage("user", message))
+        prompt = self.engine.encode_chat([{"role": m.role, "content": m.content} for m in messages])
+        if len(prompt) >= self.engine.max_context:
+            raise InvalidRequest(
+                f"the conversation is {len(prompt)} tokens; the model's context is {self.engine.max_context}"
+            )
+        yield from self._turn(turn, t0, session_id, view, prompt, params, messages, chat=True)
+
+    def _generate_steps(
+        self, turn: Turn, session_id: str, ids: list[int], params: SamplingParams
+    ) -> Iterator[Delta]:
+        t0 = time.perf_counter()
+        view = self._read_session(session_id) if session_id else _View(store_ok=self.client is not None)
+        yield from self._turn(turn, t0, session_id, view, ids, params, list(view.messages), chat=False)
+
+    def _turn(
+        self,
+        turn: Turn,
+        t0: float,
+        session_id: str,
+        view: _View,
+        prompt: list[int],
+        params: SamplingParams,
+        messages: list[ChatMessage],
+        *,
+        chat: bool,
+    ) -> Iterator[Delta]:
+        stats = TurnStats(prompt_tokens=len(prompt), codec=self.codec.codec_id)
+        turn.prompt_ids = prompt
+        kv, reused, stored = self._reuse(session_id, view, prompt, stats)
+        cache = hf_cache.import_kv(kv, self.engine.model.config) if kv is not None else None
+        gen: Generation = self.engine.generate(prompt, params, cache=cache, reused=reused if kv else 0)
+        for delta in gen:
+            turn.token_ids.extend(delta.token_ids)
+            yield delta
+        turn.text, turn.finish_reason = gen.text, gen.finish_reason
+        stats.ttft_s = gen.first_token_at - t0
+        stats.prefill_s, stats.decode_s = gen.prefill_s, gen.decode_s
+        stats.tokens_generated = len(gen.generated)
+        self._record(stats)
+
+        cached = self.engine.cached_ids(prompt, gen)
+        kv_all = hf_cache.export_kv(gen.cache)
+        if session_id:
+            self.hot.put(session_id, HotEntry(tuple(cached), kv_all))
+            self.metrics.hot_cache_bytes.set(self.hot.nbytes)
+        if chat:
+            messages = [*messages, ChatMessage("assistant", gen.text)]
+        turn.push = self._submit_push(session_id, view, cached, kv_all, stored, messages)
+        last = self.last_push(session_id)
+        if last is not None:
+            stats.compress_s, stats.bytes_pushed = last.compress_s, last.bytes_pushed
+            stats.bytes_raw, stats.bytes_stored = last.bytes_raw, last.bytes_stored
+        else:
+            stats.bytes_raw = sum(c.raw_bytes for c in view.chunks)
+            stats.bytes_stored = sum(c.stored_bytes for c in view.chunks)
+        stats.push_pending = turn.push is not None and not turn.push.done()
+        turn.stats = stats
+
+    # -- reading the session and reusing KV ------------------------------------------------------
+
+    def _read_session(self, session_id: str) -> _View:
+        with self._lock:
+            local = self._local.get(session_id)
+            if local is not None:
+                self._local.move_to_end(session_id)
+        if local is not None and local.pending is not None and not local.pending.done():
+            return _local_view(local)
+        if self.client is None:
+            return _local_view(local) if local is not None else _View(fault="no_store", store_ok=False)
+        try:
+            manifest: Manifest = self.client.get_session(session_id)
+        except errors.SessionNotFound:
+            if local is not None and local.version == 0 and local.messages:
+                return _local_view(local)  # never committed (store was down): keep the conversation
+            return _View()
+        except errors.KVStoreError as exc:
+            reason = fault_reason(exc)
+            view = _local_view(local) if local is not None else _View()
+            view.fault, view.store_ok = reason, False
+            return view
+        view = _View(
+            messages=manifest.messages,
+            token_ids=manifest.token_ids,
+            chunks=manifest.chunks,
+            version=manifest.version,
+            turns=manifest.turns,
+            attributes=dict(manifest.attributes),
+            new=False,
+        )
+        ns = manifest.namespace
+        if ns != self.namespace:
+            view.fault = (
+                "fingerprint_mismatch"
+                if ns.fingerprint != self.namespace.fingerprint
+                else "codec_mismatch"
+                if ns.codec_id != self.namespace.codec_id
+                else "namespace_mismatch"
+            )
+            view.token_ids, view.chunks = (), ()  # that KV is not ours to reuse
+        with self._lock:
+            self._local[session_id] = _Local(
+                messages=view.messages,
+                token_ids=view.token_ids,
+                chunks=view.chunks,
+                version=manifest.version,
+                turns=manifest.turns,
+                last_push=local.last_push if local is not None else None,
+            )
+            self._local.move_to_end(session_id)
+            while len(self._local) > 4096:
+                self._local.popitem(last=False)
+        return view
+
+    def _reuse(
+        self, session_id: str, view: _View, prompt: list[int], stats: TurnStats
+    ) -> tuple[list[tuple[Any, Any]] | None, int, tuple[ChunkRef, ...]]:
+        """Find KV for the longest prefix of ``prompt``; fills the outcome fields of ``stats``."""
+        limit = len(prompt) - 1
+        had = min(len(view.token_ids), limit)  # what the session holds, as far as this prompt can use it
+        could = min(common_prefix(view.token_ids, prompt), limit)
+        fault = view.fault
+        kv: list[tuple[Any, Any]] | None = None
+        reused = 0
+        stored: tuple[ChunkRef, ...] = view.chunks
+        hot = self.hot.get(session_id) if session_id else None
+        if hot is not None:
+            n = min(common_prefix(hot.token_ids, prompt), limit)
+            if n > 0:
+                kv, reused, stats.source = hf_cache.crop_kv(hot.kv, n), n, "hot_cache"
+        if reused < max(could, 1) and self.client is not None and view.store_ok:
+            try:
+                match = self.client.lookup_prefix(self.namespace, prompt, session_id=session_id or None)
+            except errors.KVStoreError as exc:
+                fault = fault or fault_reason(exc)
+            else:
+                stored = tuple(match.chunks)  # what exists now (a manifest may name evicted chunks)
+                n = min(match.matched_tokens, limit)
+                if n > reused and n >= self.options.min_reuse_tokens:
+                    pulled = pull_prefix(self.client.get_chunks, match.chunks, n, self.geometry)
+                    stats.bytes_pulled, stats.pull_s = pulled.bytes_pulled, pulled.pull_s
+                    stats.decompress_s = pulled.decompress_s
+                    self.metrics.bytes_pulled.inc(pulled.bytes_pulled)
+                    self.metrics.pull.observe(pulled.pull_s)
+                    self.metrics.decompress.observe(pulled.decompress_s)
+                    if pulled.reason:
+                        fault = fault or pulled.reason
+                        self.metrics.fault(pulled.reason)
+                        stored = tuple(r for r in stored if r.end <= pulled.tokens)  # re-push the rest
+                    if pulled.kv is not None and pulled.tokens > reused:
+                        kv, reused, stats.source = pulled.kv, pulled.tokens, "store"
+                elif 0 < n < self.options.min_reuse_tokens and n > reused:
+                    fault = fault or "below_min_reuse"
+                elif match.matched_tokens < could:
+                    fault = fault or "chunk_missing"
+        elif self.client is None and not fault and view.new:
+            fault = "no_store"
+        if view.fault:
+            self.metrics.fault(view.fault)
+        stats.tokens_reused, stats.tokens_prefilled = reused, len(prompt) - reused
+        if reused == 0:
+            stats.outcome = "miss"
+            stats.reason = fault or ("new_session" if view.new else "prefix_diverged")
+        elif reused < could:
+            stats.outcome, stats.reason = "partial", fault or "chunk_missing"
+        elif reused < had:
+            stats.outcome, stats.reason = "partial", "prefix_diverged"
+        else:
+            stats.outcome, stats.reason = "hit", ""
+        return kv, reused, stored
+
+    def _record(self, stats: TurnStats) -> None:
+        m = self.metrics
+        m.turn(stats.outcome, stats.reason)
+        m.tokens_reused.labels(source=stats.source or "none").inc(stats.tokens_reused)
+        m.tokens_prefilled.inc(stats.tokens_prefilled)
+        m.tokens_generated.inc(stats.tokens_generated)
+        m.ttft.labels(path="resumed" if stats.tokens_reused else "cold").observe(stats.ttft_s)
+
+    # -- pushing ---------------------------------------------------------------------------------
+
+    def last_push(self, session_id: str) -> PushResult | None:
+        with self._lock:
+            local = self._local.get(session_id)
+            return local.last_push if local is not None else None
+
+    def _submit_push(
+        self,
+        session_id: str,
+        view: _View,
+        token_ids: list[int],
+        kv: list[tuple[Any, Any]],
+        stored: tuple[ChunkRef, ...],
+        messages: list[ChatMessage],
+    ) -> Future[PushResult] | None:
+        if session_id:
+            with self._lock:
+                local = self._local.setdefault(session_id, _Local(version=view.version, turns=view.turns))
+                local.messages = tuple(messages)
+                local.token_ids = tuple(token_ids)
+                local.turns = view.turns + 1
+        if self.client is None or not token_ids:
+            return None
+        job = _PushJob(
+            self,
+            session_id,
+            tuple(token_ids),
+            kv,
+            stored,
+            tuple(messages),
+            view.turns + 1,
+            dict(view.attributes),
+        )
+        future = self._pusher.submit(job.run) if self.options.background_push else _run_now(job.run)
+        if session_id:
+            with self._lock:
+                self._local[session_id].pending = future
+        return future
+
+
+@dataclass
+class _PushJob:
+    worker: Worker
+    session_id: str
+    token_ids: tuple[int, ...]
+    kv: list[tuple[Any, Any]]
+    stored: tuple[ChunkRef, ...]
+    messages: tuple[ChatMessage, ...]
+    turns: int
+    attributes: dict[str, str]
+
+    def run(self) -> PushResult:
+        w = self.worker
+        with w._lock:
+            local = w._local.get(self.session_id) if self.session_id else None
+            version = local.version if local is not None else 0
+            stored = _merge_refs(self.stored, local.chunks) if local is not None else self.stored
+        try:
+            try:
+                result = self._push(stored, version)
+            except errors.PreconditionFailed:  # a chunk believed stored was evicted: push them all
+                result = self._push((), version)
+        except errors.VersionConflict as exc:
+            result = PushResult(error="version_conflict", detail=str(exc))
+        except errors.KVStoreError as exc:
+            result = PushResult(error=fault_reason(exc), detail=str(exc))
+        except (CodecError, ValueError) as exc:
+            result = PushResult(error="encode_failed", detail=str(exc))
+        m = w.metrics
+        m.pushes.labels(result="ok" if not result.error else result.error).inc()
+        if not result.error:
+            m.compress.observe(result.compress_s)
+            m.bytes_pushed.inc(result.bytes_pushed)
+            m.raw_pushed.inc(result.raw_pushed)
+            m.chunks_pushed.labels(deduplicated="false").inc(
+                result.chunks_pushed - result.chunks_deduplicated
+            )
+            m.chunks_pushed.labels(deduplicated="true").inc(result.chunks_deduplicated)
+        if local is not None:
+            with w._lock:
+                if result.committed:
+                    local.version, local.chunks = result.version, result.chunks
+                local.last_push = result
+        return result
+
+    def _push(self, stored: Sequence[ChunkRef], version: int) -> PushResult:
+        w = self.worker
+        return push_turn(
+            w.client,
+            w.codec,
+            w.namespace,
+            self.kv,
+            self.token_ids,
+            stored,
+            session_id=self.session_id or None,
+            messages=self.messages,
+            turns=self.turns,
+            expected_version=version,
+            attributes=self.attributes,
+            chunk_ttl_s=w.options.chunk_ttl_s,
+            session_ttl_s=w.options.session_ttl_s,
+        )
+
+
+def _run_now(fn: Any) -> Future[PushResult]:
+    future: Future[PushResult] = Future()
+    future.set_result(fn())
+    return future
+
+
+def _local_view(local: _Local | None) -> _View:
+    if local is None:
+        return _View()
+    return _View(
+        messages=local.messages,
+        token_ids=local.token_ids,
+        chunks=local.chunks,
+        version=local.version,
+        turns=local.turns,
+        new=not local.messages and not local.token_ids,
+        from_local=True,
+    )
+
+
+def _merge_refs(a: Sequence[ChunkRef], b: Sequence[ChunkRef]) -> tuple[ChunkRef, ...]:
+    seen = {r.key: r for r in a}
+    for r in b:
+        seen.setdefault(r.key, r)
+    return tuple(seen.values())
+
+
+def _rewind(messages: list[ChatMessage], turns: int) -> list[ChatMessage]:
+    """Drop the last ``turns`` user turns (each user message and everything after it)."""
+    users = [i for i, m in enumerate(messages) if m.role == "user"]
+    if turns > len(users):
+        raise InvalidRequest(f"rewind_turns {turns} exceeds the {len(users)} turns of the session")
+    return messages[: users[-turns]]
+
+
+def _check_session_id(session_id: str, *, required: bool) -> None:
+    if not session_id and not required:
+        return
+    if not is_valid_session_id(session_id):
+        raise InvalidRequest("session_id must be 1-128 chars of [A-Za-z0-9._:-]")
