@@ -11,7 +11,7 @@ from support.store import StoreHandle
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLE_DOC = REPO / "docs" / "client.md"
+EXAMPLE_DOC = REPO / "README.md"
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
