@@ -193,15 +193,17 @@ async def start_store(
 
 async def serve(cfg: StoreConfig) -> int:
     """Run until SIGTERM or SIGINT, then shut down gracefully; returns the process exit code."""
+    # Handlers first: health turns SERVING inside start_store, and a SIGTERM that follows it at once
+    # must still shut down gracefully rather than kill the process.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         _, store = await start_store(cfg)
     except BindError as exc:
         log.error("%s", exc)
         return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down (grace %.1fs)", cfg.grace_s)
     await store.stop()

@@ -54,6 +54,10 @@ def serve(cfg: WorkerConfig) -> int:
     """Run ``gearkv worker`` until SIGTERM/SIGINT; returns the exit code."""
     registry = CollectorRegistry()
     worker = build_worker(cfg, registry=registry)
+    # Handlers before the port opens, so a SIGTERM right after it answers still drains the worker.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         server = start_worker_server(worker, cfg.host, cfg.port)
     except RuntimeError as exc:
@@ -62,9 +66,6 @@ def serve(cfg: WorkerConfig) -> int:
     if cfg.metrics_port is not None:
         start_http_server(cfg.metrics_port, addr=cfg.host, registry=registry)
     print(f"gearkv worker listening on {server.address}", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     log.info("shutting down (grace %.1fs)", cfg.grace_s)
     server.stop(cfg.grace_s)
