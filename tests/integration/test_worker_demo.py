@@ -12,16 +12,16 @@ from gearkv.worker import demo
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _children() -> list[str]:
-    """Command lines of this process's live children (redis-server, the store, ...)."""
-    found = []
+def _children() -> dict[int, str]:
+    """PID -> command line of this process's live children (redis-server, the store, ...)."""
+    found = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
             state = stat.rsplit(")", 1)[1].split()[0]
             if ppid == os.getpid() and state != "Z":
-                found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+                found[int(pid)] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except (OSError, ValueError, IndexError):
             continue
     return found
@@ -29,6 +29,7 @@ def _children() -> list[str]:
 
 def test_demo_runs_resumes_from_the_store_and_cleans_up(tmp_path: Path) -> None:
     out = tmp_path / "demo.json"
+    before = _children()  # other tests' session-scoped servers are not the demo's to stop
     code = demo.main(["--turns", "3", "--max-new-tokens", "6", "--chunk-size", "128", "--json", str(out)])
     assert code == 0
     doc = json.loads(out.read_text())
@@ -49,7 +50,8 @@ def test_demo_runs_resumes_from_the_store_and_cleans_up(tmp_path: Path) -> None:
     assert turns[0]["outcome"] == "miss" and turns[0]["tokens_reused"] == 0
     for t in turns[1:]:
         assert t["outcome"] == "hit" and t["source"] == "store" and t["tokens_reused"] > 500
-    assert not [c for c in _children() if "redis-server" in c or "gearkv.cli store" in c]
+    left = [c for pid, c in _children().items() if pid not in before]
+    assert not [c for c in left if "redis-server" in c or "gearkv.cli store" in c]
 
 
 def test_demo_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
