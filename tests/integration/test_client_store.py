@@ -290,7 +290,7 @@ async def test_deadline_is_enforced(kind: str, store: StoreHandle) -> None:
 
 
 async def test_unreachable_store_is_unavailable_after_retries(kind: str) -> None:
-    from support.ports import free_port
+    from gearkv.store.local import free_port
 
     policy = RetryPolicy(backoff=ExponentialJitterBackoff(0.01, 0.02), attempts=3)
     kv = make_client(kind, f"127.0.0.1:{free_port()}", "t0k3n", retry=policy, timeout=2.0)

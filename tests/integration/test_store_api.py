@@ -17,6 +17,7 @@ import xxhash
 from gearkv.api.v1 import kvstore_pb2 as pb
 from gearkv.api.v1 import kvstore_pb2_grpc as pb_grpc
 from gearkv.client.keys import Namespace, chain
+from gearkv.store.local import free_port, health_serving
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import generate_latest
@@ -33,9 +34,8 @@ from support.kv import (
     random_payload,
     stub_for,
 )
-from support.ports import free_port
 from support.redis_procs import RedisServer, wait_until
-from support.store import StoreHandle, health_serving, start_store_thread, store_config
+from support.store import StoreHandle, start_store_thread, store_config
 
 pytestmark = pytest.mark.integration
 NS = Namespace("smollm2-135m.cfg1234", "gear4/v1:g64", 16)

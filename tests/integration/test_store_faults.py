@@ -12,6 +12,7 @@ from gearkv.api.v1 import kvstore_pb2 as pb
 from gearkv.api.v1 import kvstore_pb2_grpc as pb_grpc
 from gearkv.client.keys import Namespace, chain
 from gearkv.store.backend import chunk_redis_key, manifest_redis_key
+from gearkv.store.local import health_serving
 from support.kv import (
     code_of,
     commit,
@@ -26,7 +27,7 @@ from support.kv import (
     stub_for,
 )
 from support.redis_procs import RedisServer, wait_until
-from support.store import StoreHandle, StoreProcess, health_serving, start_store_thread, store_config
+from support.store import StoreHandle, StoreProcess, start_store_thread, store_config
 
 pytestmark = pytest.mark.integration
 NS = Namespace("fp-faults", "gear4/v1", 8)

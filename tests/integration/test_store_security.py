@@ -12,8 +12,8 @@ import pytest
 from gearkv.api.v1 import kvstore_pb2 as pb
 from gearkv.api.v1 import kvstore_pb2_grpc as pb_grpc
 from gearkv.client.keys import Namespace
+from gearkv.store.local import free_port
 from support.kv import code_of, commit, get_chunk, manifest, ns_proto, push_session, put_chunk, stub_for
-from support.ports import free_port
 from support.redis_procs import RedisServer
 from support.store import StoreHandle
 

@@ -16,12 +16,12 @@ import pytest
 import torch
 from gearkv.client import KVStoreClient
 from gearkv.codec import Codec
+from gearkv.store.local import free_port
 from gearkv.worker import hf_cache
 from gearkv.worker.chunking import common_prefix
 from gearkv.worker.demo import build_script, load_passages
 from gearkv.worker.engine import Engine, SamplingParams
 from gearkv.worker.fingerprint import model_fingerprint
-from gearkv.worker.localstack import free_port
 from gearkv.worker.metrics import WorkerMetrics
 from gearkv.worker.model import load_model
 from gearkv.worker.sessions import SessionOptions, Turn, Worker

@@ -14,8 +14,8 @@ import torch
 from gearkv.api.v1 import worker_pb2 as pb
 from gearkv.api.v1 import worker_pb2_grpc
 from gearkv.client import KVStoreClient
+from gearkv.store.local import free_port
 from gearkv.worker.engine import Engine
-from gearkv.worker.localstack import free_port
 from gearkv.worker.metrics import WorkerMetrics
 from gearkv.worker.model import load_model
 from gearkv.worker.service import start_worker_server

@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from gearkv.store.local import free_port
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-
-from support.ports import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "redis-cli"

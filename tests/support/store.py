@@ -7,9 +7,7 @@ with its own asyncio loop, so sync and async clients (and sync or async tests) c
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import concurrent.futures
 import hashlib
 import json
 import os
@@ -19,15 +17,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
+from gearkv.store.local import ThreadedStore, free_port, health_serving, serve_in_thread
 
-from support.ports import free_port
 from support.redis_procs import wait_until
 
 DEFAULT_TENANTS: Mapping[str, int] = {"alice": 0, "bob": 0}
@@ -51,15 +48,19 @@ def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:
 
 @dataclass
 class StoreHandle:
-    """A running store: its address, each tenant's token, the config it runs with."""
+    """A running in-process store: its address, each tenant's token, the config it runs with."""
 
-    address: str
+    runner: ThreadedStore
     tokens: dict[str, str]
     config: Any
-    server: Any = None
-    loop: asyncio.AbstractEventLoop | None = None
-    thread: threading.Thread | None = None
-    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def address(self) -> str:
+        return self.runner.address
+
+    @property
+    def server(self) -> Any:
+        return self.runner.server
 
     def metadata(self, tenant: str = "alice") -> tuple[tuple[str, str], ...]:
         """gRPC call metadata authenticating as ``tenant``."""
@@ -73,20 +74,10 @@ class StoreHandle:
 
     def call(self, coro_fn: Any) -> Any:
         """Run ``coro_fn(server)`` on the store's loop (inspect backend/metrics) and return its result."""
-        assert self.loop is not None
-        return asyncio.run_coroutine_threadsafe(coro_fn(self.server), self.loop).result(timeout=30)
+        return self.runner.call(coro_fn)
 
     def stop(self, grace: float = 0.5) -> None:
-        if self._stopped or self.loop is None:
-            return
-        self._stopped = True
-        fut = asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop)
-        try:
-            fut.result(timeout=grace + 15)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            if self.thread is not None:
-                self.thread.join(timeout=15)
+        self.runner.stop(grace)
 
 
 def store_config(
@@ -114,53 +105,7 @@ def store_config(
 
 def start_store_thread(cfg: Any, tokens: Mapping[str, str], backend: Any = None) -> StoreHandle:
     """Start the store for ``cfg`` in a daemon thread with its own event loop; return its handle."""
-    from gearkv.store.server import start_store
-
-    loop = asyncio.new_event_loop()
-    started: concurrent.futures.Future[tuple[str, Any]] = concurrent.futures.Future()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-
-        async def boot() -> None:
-            try:
-                started.set_result(await start_store(cfg, backend=backend))
-            except BaseException as exc:  # handed to the waiting test thread
-                started.set_exception(exc)
-
-        tasks = [loop.create_task(boot())]  # referenced while the loop runs
-        loop.run_forever()
-        del tasks
-        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-        for task in pending:
-            task.cancel()
-        if pending:
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        loop.close()
-
-    thread = threading.Thread(target=run, name="gearkv-test-store", daemon=True)
-    thread.start()
-    try:
-        address, server = started.result(timeout=30)
-    except BaseException:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        raise
-    return StoreHandle(
-        address=address, tokens=dict(tokens), config=cfg, server=server, loop=loop, thread=thread
-    )
-
-
-def health_serving(address: str, timeout: float = 1.0) -> bool:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        except grpc.RpcError:
-            return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+    return StoreHandle(serve_in_thread(cfg, backend=backend, timeout=30), dict(tokens), cfg)
 
 
 @dataclass(eq=False)

@@ -121,9 +121,9 @@ def _run(contexts: Sequence[int], presets: Sequence[str], repeat: int, args: arg
     import torch
     from gearkv.client import KVStoreClient
     from gearkv.store.backend import chunk_redis_key
+    from gearkv.store.local import LocalRedis, LocalStore
     from gearkv.worker.engine import Engine, SamplingParams
     from gearkv.worker.fingerprint import model_fingerprint
-    from gearkv.worker.localstack import LocalRedis, LocalStore
     from gearkv.worker.metrics import WorkerMetrics
     from gearkv.worker.model import load_model
     from gearkv.worker.sessions import SessionOptions, Worker

@@ -16,27 +16,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import secrets
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc
-import redis
 import redis.asyncio as aredis
 from gearkv.client import AsyncKVStoreClient, Namespace, RetryPolicy, keys
+from gearkv.store.local import LocalRedis, LocalStore
 
 MIB = 1024 * 1024
 TENANT = "bench"
@@ -78,111 +71,6 @@ def percentile(samples: Sequence[float], q: float) -> float:
 
 def mb_per_s(total_bytes: int, seconds: float) -> float:
     return total_bytes / MIB / seconds if seconds > 0 else 0.0
-
-
-# --------------------------------------------------------------------------------------------------
-# Processes: redis-server and the store
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
-        with contextlib.suppress(Exception):
-            if check():
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
-@contextlib.contextmanager
-def child(
-    cmd: Sequence[str], log: Path, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-
-
-@contextlib.contextmanager
-def own_redis(workdir: Path, pids: dict[str, int]) -> Iterator[str]:
-    """A private redis-server on a free loopback port, without persistence."""
-    redis_server = shutil.which("redis-server")
-    if redis_server is None:
-        raise RuntimeError("redis-server not on PATH (scripts/setup.sh installs it) or pass --redis-url")
-    port = free_port()
-    cmd = [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    cmd += ["--dir", str(workdir), "--protected-mode", "no", "--loglevel", "warning"]
-    with child(cmd, workdir / "redis.log") as proc:
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
-        wait_for(lambda: bool(client.ping()), 15, "redis-server", proc)
-        client.close()
-        pids["redis"] = proc.pid
-        yield f"redis://127.0.0.1:{port}/0"
-
-
-def _health_ok(address: str) -> bool:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-
-@contextlib.contextmanager
-def store_process(redis_url: str, token: str, workdir: Path, pids: dict[str, int]) -> Iterator[str]:
-    """``gearkv store`` as a child process with one tenant; yields its address."""
-    tokens_file = workdir / "tokens.json"
-    spec = {TENANT: {"token_sha256": hashlib.sha256(token.encode()).hexdigest(), "quota_bytes": 0}}
-    tokens_file.write_text(json.dumps(spec))
-    port = free_port()
-    cmd = [sys.executable, "-m", "gearkv.cli", "store", "--redis-url", redis_url, "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--tokens-file", str(tokens_file)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GEARKV_")}
-    address = f"127.0.0.1:{port}"
-    with child(cmd, workdir / "store.log", env) as proc:
-        wait_for(lambda: _health_ok(address), 30, "the store", proc)
-        pids["store"] = proc.pid
-        yield address
-
-
-@contextlib.contextmanager
-def store_thread(redis_url: str, token: str) -> Iterator[str]:
-    """The store in this process (own thread and event loop), for comparison with a child process."""
-    import threading
-
-    from gearkv.store.config import StoreConfig, TenantConfig
-    from gearkv.store.server import start_store
-
-    tenant = TenantConfig(name=TENANT, token_sha256=hashlib.sha256(token.encode()).hexdigest())
-    cfg = StoreConfig(redis_url=redis_url, host="127.0.0.1", port=0, tenants=(tenant,))
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    address, server = asyncio.run_coroutine_threadsafe(start_store(cfg), loop).result(30)
-    try:
-        yield address
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(0.5), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -553,21 +441,20 @@ def main(argv: Sequence[str], prog: str = "gearkv bench store") -> int:
         volume_mib=args.volume_mib or cfg.volume_mib,
         in_flight=args.in_flight or cfg.in_flight,
     )
-    token = secrets.token_urlsafe(24)
     pids: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="gearkv-bench-") as tmp, contextlib.ExitStack() as stack:
-        workdir = Path(tmp)
-        redis_url = args.redis_url or stack.enter_context(own_redis(workdir, pids))
-        if args.store_mode == "process":
-            address = stack.enter_context(store_process(redis_url, token, workdir, pids))
+    with contextlib.ExitStack() as stack:
+        if args.redis_url:
+            redis_url = args.redis_url
         else:
-            address = stack.enter_context(store_thread(redis_url, token))
+            local_redis = stack.enter_context(LocalRedis())
+            redis_url, pids["redis"] = local_redis.url, local_redis.pid or 0
+        store = stack.enter_context(LocalStore(redis_url, TENANT, in_process=args.store_mode == "thread"))
+        if not store.in_process:
+            pids["store"] = store.pid
         try:
-            result = asyncio.run(run_bench(cfg, redis_url, address, token, pids))
+            result = asyncio.run(run_bench(cfg, redis_url, store.address, store.token, pids))
         except BaseException:
-            log = workdir / "store.log"
-            if log.exists():
-                print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
+            print(store.log_tail(), file=sys.stderr)
             raise
     result["config"]["store_mode"] = args.store_mode
     result["config"]["redis"] = "own redis-server" if not args.redis_url else "given"
