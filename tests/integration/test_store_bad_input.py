@@ -138,6 +138,7 @@ CASES: list[tuple[str, Call, grpc.StatusCode, str]] = [
     ("put-token-count", put(_put(token_ids=[1, 2])), IA, "header.token_ids"),
     ("put-total-zero", put(_put(total_bytes=0)), IA, "header.total_bytes"),
     ("put-total-huge", put(_put(total_bytes=2**40)), IA, "header.total_bytes"),
+    ("put-raw-huge", put(_put(raw_bytes=2**64 - 1)), IA, "header.raw_bytes"),
     ("put-digest-short", put(_put(digest=b"123")), IA, "header.digest"),
     (
         "put-digest-mismatch",
@@ -171,6 +172,12 @@ CASES: list[tuple[str, Call, grpc.StatusCode, str]] = [
     ("commit-empty-commit-id", commit_call(_manifest(), commit_id=""), IA, "commit_id"),
     ("commit-long-commit-id", commit_call(_manifest(), commit_id="c" * 65), IA, "commit_id"),
     ("commit-huge-version", commit_call(_manifest(), expected=2**60), IA, "expected_version"),
+    (
+        "commit-huge-sizes",
+        commit_call(_manifest(chunks=[pb.ChunkRef(key=SPANS[0].key, start=0, end=8, stored_bytes=2**63)])),
+        IA,
+        "manifest.chunks[0].raw_bytes and .stored_bytes",
+    ),
     (
         "commit-key-mismatch",
         commit_call(_manifest(chunks=_refs((0, 8), keys=["0" * 64]))),
@@ -332,3 +339,34 @@ def test_fuzzed_requests_never_unknown(
             call()
         except grpc.RpcError as err:
             assert err.code() in {IA, grpc.StatusCode.NOT_FOUND}, (err.code(), err.details())
+
+
+GARBAGE = b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"  # an overlong varint: decodes as nothing
+RPCS = {
+    "PutChunk": "stream_unary",
+    "PutSmallChunk": "unary_unary",
+    "GetChunk": "unary_stream",
+    "GetSmallChunk": "unary_unary",
+    "LookupPrefix": "unary_unary",
+    "CommitTurn": "unary_unary",
+    "GetSession": "unary_unary",
+    "ListSessions": "unary_unary",
+    "DeleteSession": "unary_unary",
+    "GetStats": "unary_unary",
+}
+
+
+@pytest.mark.parametrize(("method", "kind"), sorted(RPCS.items()))
+def test_malformed_request_bytes_are_invalid_argument(
+    module_store: StoreHandle, method: str, kind: str
+) -> None:
+    """Bytes that are no protobuf message get INVALID_ARGUMENT naming the RPC, not grpc's UNKNOWN."""
+    with grpc.insecure_channel(module_store.address) as channel:
+        call = getattr(channel, kind)(f"/gearkv.api.v1.KVStore/{method}")
+        request: Any = iter([GARBAGE]) if kind.startswith("stream") else GARBAGE
+        with pytest.raises(grpc.RpcError) as err:
+            reply = call(request, metadata=module_store.metadata(), timeout=10)
+            if kind == "unary_stream":
+                list(reply)
+    assert err.value.code() == IA, (err.value.code(), err.value.details())
+    assert method in (err.value.details() or "") and "Traceback" not in (err.value.details() or "")

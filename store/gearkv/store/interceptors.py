@@ -23,11 +23,46 @@ from typing import Any
 import grpc
 from gearkv.store.auth import Authenticator
 from gearkv.store.context import deadline_var, tenant_var
-from gearkv.store.errors import StoreError
+from gearkv.store.errors import InvalidArgument, StoreError
 from gearkv.store.metrics import StoreMetrics
 
 log = logging.getLogger("gearkv.store")
 SERVICE_PREFIX = "/gearkv.api.v1.KVStore/"
+
+
+class _Malformed:
+    """Stands in for a request whose bytes did not decode, so the guard can answer INVALID_ARGUMENT.
+
+    Left to grpc, a deserializer's exception becomes UNKNOWN with its text and a logged traceback,
+    before authentication even runs.
+    """
+
+
+MALFORMED = _Malformed()
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def load(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:
+            return MALFORMED
+
+    return load
+
+
+def _check(request: Any, method: str) -> Any:
+    if request is MALFORMED:
+        raise InvalidArgument(f"the {method} request is not a valid message (malformed bytes)")
+    return request
+
+
+async def _checked(requests: AsyncIterator[Any], method: str) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _check(request, method)
 
 
 class StoreInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -102,7 +137,7 @@ class StoreInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         guard = self._guard
         options: dict[str, Any] = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary is not None:
@@ -110,7 +145,7 @@ class StoreInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 async with guard(method, context):
-                    return await uu(request, context)
+                    return await uu(_check(request, method), context)
                 return None  # pragma: no cover - the guard re-raises or aborts
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, **options)
@@ -119,7 +154,7 @@ class StoreInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             async def stream_unary(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
                 async with guard(method, context):
-                    return await su(request_iterator, context)
+                    return await su(_checked(request_iterator, method), context)
                 return None  # pragma: no cover
 
             return grpc.stream_unary_rpc_method_handler(stream_unary, **options)
@@ -128,7 +163,7 @@ class StoreInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 async with guard(method, context):
-                    async for response in us(request, context):
+                    async for response in us(_check(request, method), context):
                         yield response
 
             return grpc.unary_stream_rpc_method_handler(unary_stream, **options)

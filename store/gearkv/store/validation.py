@@ -21,6 +21,7 @@ MAX_ATTRIBUTE_VALUE = 65536
 MAX_ROLE = 64
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
+MAX_RAW_BYTES = 1 << 40  # per chunk: far above any real chunk, and sums over MAX_TOKENS chunks fit uint64
 _COMMIT_ID_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
 _MANIFEST_MAGIC = b"GKVM"
 _MANIFEST_PREFIX = struct.Struct("<4sH16s")
@@ -33,19 +34,17 @@ def namespace(msg: pb.Namespace, has: bool, field: str = "namespace") -> Namespa
         ns = Namespace(msg.fingerprint, msg.codec_id, msg.chunk_size)
     except ValueError as exc:
         raise InvalidArgument(f"{field}.{str(exc).removeprefix('namespace.')}") from None
-    if msg.fingerprint.endswith("\n"):  # keys.py's regexes end in "$", which admits one trailing newline
-        raise InvalidArgument(f"{field}.fingerprint must be 1-128 chars of [0-9A-Za-z._:-]")
     return ns
 
 
 def key(value: str, field: str) -> str:
-    if not is_valid_key(value) or value.endswith("\n"):
+    if not is_valid_key(value):
         raise InvalidArgument(f"{field} must be 64 lowercase hex chars")
     return value
 
 
 def session_id(value: str, field: str = "session_id") -> str:
-    if not is_valid_session_id(value) or value.endswith("\n"):
+    if not is_valid_session_id(value):
         raise InvalidArgument(f"{field} must be 1-128 chars of [A-Za-z0-9._:-]")
     return value
 
@@ -90,6 +89,8 @@ def put_header(h: pb.PutChunkHeader, max_chunk_bytes: int, tenant: str) -> Chunk
         raise InvalidArgument("header.parent_key must be empty exactly when header.start is 0")
     if not 1 <= h.total_bytes <= max_chunk_bytes:
         raise InvalidArgument(f"header.total_bytes must be in 1..{max_chunk_bytes}")
+    if h.raw_bytes > MAX_RAW_BYTES:
+        raise InvalidArgument(f"header.raw_bytes must be <= {MAX_RAW_BYTES}")
     if len(h.digest) != DIGEST_BYTES:
         raise InvalidArgument(f"header.digest must be {DIGEST_BYTES} bytes (XXH3-128)")
     if chunk_key(ns, h.parent_key, h.start, h.token_ids) != h.key:
@@ -137,6 +138,8 @@ def manifest(m: pb.Manifest) -> Namespace:
             raise InvalidArgument(f"{field}: only the last chunk may be shorter than chunk_size ({size})")
         if not c.start < c.end <= c.start + size:
             raise InvalidArgument(f"{field}.end must be in start+1..start+{size} (chunk_size)")
+        if c.raw_bytes > MAX_RAW_BYTES or c.stored_bytes > MAX_RAW_BYTES:
+            raise InvalidArgument(f"{field}.raw_bytes and .stored_bytes must be <= {MAX_RAW_BYTES}")
         if c.end > len(tokens):
             raise InvalidArgument(f"{field}.end must be <= len(manifest.token_ids) ({len(tokens)})")
         if chunk_key(ns, parent, c.start, tokens[c.start : c.end]) != c.key:
