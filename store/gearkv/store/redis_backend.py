@@ -40,6 +40,10 @@ from redis.retry import Retry
 log = logging.getLogger("gearkv.store.redis")
 T = TypeVar("T")
 BATCH = 256
+# A new chunk's charge is first due for settling this soon, not at the chunk's own expiry: should its
+# SET then fail (out of memory, a deadline), the reaper releases the charge within a minute instead of
+# holding it for the chunk TTL; a chunk that was written is simply re-scored to its real expiry.
+PROVISIONAL_CHARGE_MS = 60_000
 
 # Charge a new chunk to the tenant unless it is already accounted; -1 = over quota (nothing changed).
 _RESERVE = """
@@ -277,7 +281,7 @@ class RedisBackend:
             # Nothing to check before writing: claim and write in one pipelined round trip (loopback
             # round trips cost the store ~0.2 ms of CPU each). A Lua script taking the value would be
             # atomic too but costs Redis ~3 ms per MiB; a deduplicated upload sends its value in vain.
-            expires = int(time.time() * 1000) + ttl_ms
+            expires = int(time.time() * 1000) + min(ttl_ms, PROVISIONAL_CHARGE_MS)
             pipe = self._client.pipeline(transaction=False)
             pipe.execute_command(
                 "EVALSHA", self._claim.sha, 4, rkey, *ledger_keys, key, stored, raw, expires, ttl_ms
@@ -303,7 +307,7 @@ class RedisBackend:
                 return True
             if quota > 0:
                 await self._reap(tenant)
-            expires = int(time.time() * 1000) + ttl_ms
+            expires = int(time.time() * 1000) + min(ttl_ms, PROVISIONAL_CHARGE_MS)
             verdict = await self._reserve(keys=ledger_keys, args=[key, stored, raw, expires, quota])
             if int(verdict) < 0:
                 raise over_quota()
