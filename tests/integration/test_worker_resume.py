@@ -194,6 +194,14 @@ def test_deleted_chunk_turns_the_rest_into_a_miss(
     assert turn.stats is not None
     assert (turn.stats.outcome, turn.stats.reason) == ("partial", "chunk_missing")
     assert turn.stats.tokens_reused == chunks[1].start  # only the chunk before the hole
+    assert (
+        w.metrics.registry.get_sample_value("gearkv_worker_resume_faults_total", {"reason": "chunk_missing"})
+        == 1.0
+    )
+    # its push re-sends the hole and what follows, not the chunk before it, and commits at once
+    assert turn.push is not None
+    pushed = turn.push.result()
+    assert pushed.committed and 0 < pushed.chunks_pushed < len(pushed.chunks)
     # the next turn's push re-stored the chunk: the session is whole again
     again = run_turn(
         make_worker(engine, client, fingerprint), "del", USER_TURNS[3], SamplingParams(max_new_tokens=4)
@@ -219,6 +227,19 @@ def test_corrupted_chunk_is_detected_and_recomputed(
         "gearkv_worker_resume_faults_total", {"reason": "chunk_corrupt"}
     )
     assert faults == 1.0
+    # the store dropped the corrupt value and the turn's push stored it again: whole once more
+    again = run_turn(
+        make_worker(engine, client, fingerprint), "corrupt", USER_TURNS[3], SamplingParams(max_new_tokens=4)
+    )
+    assert again.stats is not None and (again.stats.outcome, again.stats.source) == ("hit", "store")
+
+
+def test_a_turn_closed_before_it_ran_frees_its_session(engine: Engine, fingerprint: str) -> None:
+    w = make_worker(engine, None, fingerprint, max_turns_in_flight=1)
+    w.chat("closed", USER_TURNS[0], SamplingParams(max_new_tokens=2)).close()
+    turn = w.chat("closed", USER_TURNS[0], SamplingParams(max_new_tokens=2)).run()  # neither busy nor full
+    _assert_answers(turn)
+    assert w.metrics.registry.get_sample_value("gearkv_worker_turns_in_flight") == 0.0
 
 
 def test_wrong_fingerprint_never_reuses_kv(engine: Engine, fingerprint: str, client: KVStoreClient) -> None:

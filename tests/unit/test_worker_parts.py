@@ -179,6 +179,23 @@ def test_corrupt_blob_and_foreign_geometry_are_rejected() -> None:
     assert (got.tokens, got.reason) == (0, "fingerprint_mismatch")
 
 
+@pytest.mark.parametrize("damage", ["v_head_dim", "later_chunk_heads"])
+def test_every_layer_and_chunk_must_have_the_model_shape(damage: str) -> None:
+    kv, ids = kv_of(10), list(range(10))
+    refs, blobs = _blobs(kv, ids)
+    codec = Codec.from_preset("raw")
+    if damage == "v_head_dim":  # V narrower than the model's head_dim: K alone looks right
+        geom = GEOM
+        bad = [(k[:, :, 4:8], v[:, :, 4:8, :4]) for k, v in kv]
+    else:  # geometry without head counts: a 1-head chunk must not be broadcast into 2 heads
+        geom = KVGeometry(layers=2, kv_heads=None, head_dim=None, device=GEOM.device, dtype=GEOM.dtype)
+        bad = [(k[:, :1, 4:8], v[:, :1, 4:8]) for k, v in kv]
+    blobs[refs[1].key] = codec.encode(bad, start=4)
+    got = pull_prefix(_fetcher(blobs), refs, 10, geom)
+    assert (got.tokens, got.reason) == (4, "fingerprint_mismatch")
+    assert got.kv is not None and torch.equal(got.kv[1][1], kv[1][1][:, :, :4])
+
+
 def test_pull_stops_at_a_gap_in_the_chunk_list() -> None:
     kv, ids = kv_of(10), list(range(10))
     refs, blobs = _blobs(kv, ids)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from gearkv.worker.hf_cache import kv_nbytes
 
 __all__ = ["HotCache", "HotEntry"]
 
@@ -23,7 +24,7 @@ class HotEntry:
 
     @property
     def nbytes(self) -> int:
-        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.kv)
+        return kv_nbytes(self.kv)
 
 
 class HotCache:

@@ -10,7 +10,6 @@ server reflection are served.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -43,10 +42,6 @@ def params_from_proto(p: pb.GenerationParams) -> SamplingParams:
     Raises:
         InvalidRequest: naming the out-of-range field.
     """
-    if p.temperature < 0 or not math.isfinite(p.temperature):
-        raise InvalidRequest("params.temperature must be 0 (greedy) or in (0, 10]")
-    if p.top_p < 0 or not math.isfinite(p.top_p):
-        raise InvalidRequest("params.top_p must be in (0, 1] (0 = 1.0)")
     try:
         return SamplingParams(
             max_new_tokens=p.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,

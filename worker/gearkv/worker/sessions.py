@@ -19,10 +19,11 @@ Every store or codec fault degrades step 3 to recomputing and is reported as the
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,8 +42,12 @@ from gearkv.worker.transfer import KVGeometry, PushResult, fault_reason, pull_pr
 
 __all__ = ["SessionOptions", "Turn", "TurnStats", "Worker"]
 
+log = logging.getLogger("gearkv.worker")
+
 MAX_MESSAGE_CHARS = 1 << 20
 MAX_SYSTEM_PROMPT_CHARS = 1 << 16
+# Reasons a turn reused less that are not store faults (not counted as such).
+_NOT_FAULTS = frozenset({"below_min_reuse", "no_store"})
 
 
 @dataclass(frozen=True)
@@ -136,10 +141,12 @@ class Turn:
     """A turn in progress: iterate for :class:`Delta` s; ``stats`` and ``finish_reason`` once done.
 
     ``push`` is the background push's future (None without a store): ``push.result()`` waits for it.
+    Iterate it to the end or ``close()`` it: either frees the session for its next turn.
     """
 
-    def __init__(self, steps: Iterator[Delta]) -> None:
+    def __init__(self, steps: Iterator[Delta], release: Callable[[], None] | None = None) -> None:
         self._steps = steps
+        self._release = release
         self.stats: TurnStats | None = None
         self.finish_reason = ""
         self.text = ""
@@ -154,6 +161,8 @@ class Turn:
         close = getattr(self._steps, "close", None)
         if close is not None:
             close()
+        if self._release is not None:  # a generator closed before its first step skips its finally
+            self._release()
 
     def run(self) -> Turn:
         """Drain the stream; returns self."""
@@ -195,6 +204,7 @@ class Worker:
         self._busy: set[str] = set()
         self._in_flight = 0
         self._pusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gearkv-push")
+        self._push_slots = threading.BoundedSemaphore(2 * self.options.max_turns_in_flight)
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -222,10 +232,10 @@ class Worker:
         if rewind_turns < 0:
             raise InvalidRequest("rewind_turns must be >= 0")
         params = params or SamplingParams()
-        self._enter(session_id)
-        turn = Turn(iter(()))
+        release = self._enter(session_id)
+        turn = Turn(iter(()), release)
         turn._steps = self._guarded(
-            session_id, self._chat_steps(turn, session_id, message, params, system_prompt, rewind_turns)
+            release, self._chat_steps(turn, session_id, message, params, system_prompt, rewind_turns)
         )
         return turn
 
@@ -252,10 +262,9 @@ class Worker:
                 f"token_ids has {len(ids)} tokens; the model's context is {self.engine.max_context}"
             )
         params = params or SamplingParams()
-        key = session_id or f"\0anon-{id(ids)}"
-        self._enter(key)
-        turn = Turn(iter(()))
-        turn._steps = self._guarded(key, self._generate_steps(turn, session_id, ids, params))
+        release = self._enter(session_id or f"\0anon-{id(ids)}")
+        turn = Turn(iter(()), release)
+        turn._steps = self._guarded(release, self._generate_steps(turn, session_id, ids, params))
         return turn
 
     def wait_for_pushes(self, timeout: float | None = None) -> None:
@@ -276,7 +285,8 @@ class Worker:
 
     # -- turn flow -------------------------------------------------------------------------------
 
-    def _enter(self, key: str) -> None:
+    def _enter(self, key: str) -> Callable[[], None]:
+        """Take a turn slot for ``key``; returns the (idempotent) call that gives it back."""
         with self._lock:
             if key in self._busy:
                 raise SessionBusy(f"session {key!r} already has a turn running")
@@ -287,15 +297,26 @@ class Worker:
             self._busy.add(key)
             self._in_flight += 1
             self.metrics.turns_in_flight.set(self._in_flight)
+        released = False
 
-    def _guarded(self, key: str, steps: Iterator[Delta]) -> Iterator[Delta]:
-        try:
-            yield from steps
-        finally:
+        def release() -> None:
+            nonlocal released
             with self._lock:
+                if released:
+                    return
+                released = True
                 self._busy.discard(key)
                 self._in_flight -= 1
                 self.metrics.turns_in_flight.set(self._in_flight)
+
+        return release
+
+    @staticmethod
+    def _guarded(release: Callable[[], None], steps: Iterator[Delta]) -> Iterator[Delta]:
+        try:
+            yield from steps
+        finally:
+            release()
 
     def _chat_steps(
         self,
@@ -353,15 +374,18 @@ class Worker:
         stats.prefill_s, stats.decode_s = gen.prefill_s, gen.decode_s
         stats.tokens_generated = len(gen.generated)
         self._record(stats)
-
-        cached = self.engine.cached_ids(prompt, gen)
-        kv_all = hf_cache.export_kv(gen.cache)
-        if session_id:
-            self.hot.put(session_id, HotEntry(tuple(cached), kv_all))
-            self.metrics.hot_cache_bytes.set(self.hot.nbytes)
         if chat:
             messages = [*messages, ChatMessage("assistant", gen.text)]
-        turn.push = self._submit_push(session_id, view, cached, kv_all, stored, messages)
+        try:
+            turn.push = self._keep(session_id, view, prompt, gen, stored, messages)
+        except Exception as exc:  # the answer is out: keeping its KV is best effort, never a failed turn
+            log.warning(
+                "session %r: keeping the turn's KV failed (%s: %s); its next turn recomputes",
+                session_id,
+                type(exc).__name__,
+                exc,
+            )
+            self.metrics.pushes.labels(result="keep_failed").inc()
         last = self.last_push(session_id)
         if last is not None:
             stats.compress_s, stats.bytes_pushed = last.compress_s, last.bytes_pushed
@@ -371,6 +395,23 @@ class Worker:
             stats.bytes_stored = sum(c.stored_bytes for c in view.chunks)
         stats.push_pending = turn.push is not None and not turn.push.done()
         turn.stats = stats
+
+    def _keep(
+        self,
+        session_id: str,
+        view: _View,
+        prompt: list[int],
+        gen: Generation,
+        stored: tuple[ChunkRef, ...],
+        messages: list[ChatMessage],
+    ) -> Future[PushResult] | None:
+        """After the answer: the turn's KV into the hot cache, and its push submitted."""
+        cached = self.engine.cached_ids(prompt, gen)
+        kv_all = hf_cache.export_kv(gen.cache)
+        if session_id:
+            self.hot.put(session_id, HotEntry(tuple(cached), kv_all))
+            self.metrics.hot_cache_bytes.set(self.hot.nbytes)
+        return self._submit_push(session_id, view, cached, kv_all, stored, messages)
 
     # -- reading the session and reusing KV ------------------------------------------------------
 
@@ -434,7 +475,7 @@ class Worker:
         limit = len(prompt) - 1
         had = min(len(view.token_ids), limit)  # what the session holds, as far as this prompt can use it
         could = min(common_prefix(view.token_ids, prompt), limit)
-        fault = view.fault
+        reasons = [view.fault]  # in the order met; the first one is the turn's reason
         kv: list[tuple[Any, Any]] | None = None
         reused = 0
         stored: tuple[ChunkRef, ...] = view.chunks
@@ -447,10 +488,12 @@ class Worker:
             try:
                 match = self.client.lookup_prefix(self.namespace, prompt, session_id=session_id or None)
             except errors.KVStoreError as exc:
-                fault = fault or fault_reason(exc)
+                reasons.append(fault_reason(exc))
             else:
                 stored = tuple(match.chunks)  # what exists now (a manifest may name evicted chunks)
                 n = min(match.matched_tokens, limit)
+                if n < could:  # the session's manifest names chunks the store no longer holds
+                    reasons.append("chunk_missing")
                 if n > reused and n >= self.options.min_reuse_tokens:
                     pulled = pull_prefix(self.client.get_chunks, match.chunks, n, self.geometry)
                     stats.bytes_pulled, stats.pull_s = pulled.bytes_pulled, pulled.pull_s
@@ -459,19 +502,19 @@ class Worker:
                     self.metrics.pull.observe(pulled.pull_s)
                     self.metrics.decompress.observe(pulled.decompress_s)
                     if pulled.reason:
-                        fault = fault or pulled.reason
-                        self.metrics.fault(pulled.reason)
+                        reasons.append(pulled.reason)
                         stored = tuple(r for r in stored if r.end <= pulled.tokens)  # re-push the rest
                     if pulled.kv is not None and pulled.tokens > reused:
                         kv, reused, stats.source = pulled.kv, pulled.tokens, "store"
                 elif 0 < n < self.options.min_reuse_tokens and n > reused:
-                    fault = fault or "below_min_reuse"
-                elif match.matched_tokens < could:
-                    fault = fault or "chunk_missing"
-        elif self.client is None and not fault and view.new:
-            fault = "no_store"
-        if view.fault:
-            self.metrics.fault(view.fault)
+                    reasons.append("below_min_reuse")
+        elif self.client is None and view.new:
+            reasons.append("no_store")
+        reasons = [r for r in dict.fromkeys(reasons) if r]
+        for r in reasons:
+            if r not in _NOT_FAULTS:
+                self.metrics.fault(r)
+        fault = reasons[0] if reasons else ""
         stats.tokens_reused, stats.tokens_prefilled = reused, len(prompt) - reused
         if reused == 0:
             stats.outcome = "miss"
@@ -508,6 +551,7 @@ class Worker:
         stored: tuple[ChunkRef, ...],
         messages: list[ChatMessage],
     ) -> Future[PushResult] | None:
+        local: _Local | None = None
         if session_id:
             with self._lock:
                 local = self._local.setdefault(session_id, _Local(version=view.version, turns=view.turns))
@@ -522,14 +566,26 @@ class Worker:
             tuple(token_ids),
             kv,
             stored,
+            view.version,
             tuple(messages),
             view.turns + 1,
             dict(view.attributes),
         )
-        future = self._pusher.submit(job.run) if self.options.background_push else _run_now(job.run)
-        if session_id:
+        if not self.options.background_push:
+            future = _run_now(job.run)
+        else:
+            # Back-pressure: each queued push holds a session's whole KV, so a full queue makes the
+            # turn wait here (after its answer streamed) instead of growing memory without bound.
+            self._push_slots.acquire()
+            try:
+                future = self._pusher.submit(job.run)
+            except BaseException:  # shut down
+                self._push_slots.release()
+                raise
+            future.add_done_callback(lambda _: self._push_slots.release())
+        if local is not None:
             with self._lock:
-                self._local[session_id].pending = future
+                local.pending = future
         return future
 
 
@@ -540,6 +596,7 @@ class _PushJob:
     token_ids: tuple[int, ...]
     kv: list[tuple[Any, Any]]
     stored: tuple[ChunkRef, ...]
+    base_version: int  # the manifest version the turn started from
     messages: tuple[ChatMessage, ...]
     turns: int
     attributes: dict[str, str]
@@ -548,8 +605,13 @@ class _PushJob:
         w = self.worker
         with w._lock:
             local = w._local.get(self.session_id) if self.session_id else None
-            version = local.version if local is not None else 0
-            stored = _merge_refs(self.stored, local.chunks) if local is not None else self.stored
+            version = local.version if local is not None else self.base_version
+            stored = self.stored
+            if local is not None and local.version != self.base_version:
+                # This worker committed since the turn started (its previous push): those chunks are
+                # stored too. Otherwise ``stored`` stays as the turn found it, without the chunks a
+                # pull found missing or corrupt, so that they are pushed again.
+                stored = _merge_refs(stored, local.chunks)
         try:
             try:
                 result = self._push(stored, version)

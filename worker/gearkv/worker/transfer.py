@@ -60,12 +60,15 @@ class KVGeometry:
         return cls(int(cfg.num_hidden_layers), heads, head_dim, device, dtype)
 
     def matches(self, kv: Sequence[tuple[torch.Tensor, torch.Tensor]], tokens: int) -> bool:
+        """Whether every layer's K and V hold ``tokens`` positions of this model's shape."""
         if len(kv) != self.layers:
             return False
         for k, v in kv:
-            if k.dim() != 4 or k.shape[0] != 1 or k.shape[2] != tokens or v.shape[:3] != k.shape[:3]:
+            if k.dim() != 4 or v.dim() != 4 or k.shape[0] != 1 or v.shape[:3] != k.shape[:3]:
                 return False
-            if self.kv_heads is not None and k.shape[1] != self.kv_heads:
+            if k.shape[2] != tokens or (self.kv_heads is not None and k.shape[1] != self.kv_heads):
+                return False
+            if self.head_dim is not None and not k.shape[3] == v.shape[3] == self.head_dim:
                 return False
         return True
 
@@ -140,27 +143,7 @@ def pull_prefix(
     tokens = min(tokens, expect)
     if tokens <= 0:
         return PullResult(None, 0, reason="chunk_missing" if chunks else "")
-    buffers = [
-        (
-            torch.empty(
-                1,
-                geometry.kv_heads or 1,
-                tokens,
-                geometry.head_dim or 1,
-                dtype=geometry.dtype,
-                device=geometry.device,
-            ),
-            torch.empty(
-                1,
-                geometry.kv_heads or 1,
-                tokens,
-                geometry.head_dim or 1,
-                dtype=geometry.dtype,
-                device=geometry.device,
-            ),
-        )
-        for _ in range(geometry.layers)
-    ]
+    buffers: list[tuple[torch.Tensor, torch.Tensor]] = []  # sized by the first chunk's layers
     result = PullResult(None, 0)
     inbox: queue.Queue[Any] = queue.Queue(maxsize=2)
     stop = threading.Event()
@@ -189,11 +172,17 @@ def pull_prefix(
                 break
             finally:
                 result.decompress_s += time.perf_counter() - td
-            if not geometry.matches(kv, ref.end - ref.start) or (
-                geometry.head_dim is not None and kv[0][0].shape[3] != geometry.head_dim
-            ):
+            if not geometry.matches(kv, ref.end - ref.start) or not _fits(buffers, kv):
                 result.reason = "fingerprint_mismatch"
                 break
+            if not buffers:
+                buffers = [
+                    (
+                        k.new_empty(1, k.shape[1], tokens, k.shape[3]),
+                        v.new_empty(1, v.shape[1], tokens, v.shape[3]),
+                    )
+                    for k, v in kv
+                ]
             take = min(ref.end, tokens) - ref.start
             for (bk, bv), (k, v) in zip(buffers, kv, strict=True):
                 bk[:, :, ref.start : ref.start + take].copy_(k[:, :, :take])
@@ -210,6 +199,20 @@ def pull_prefix(
     result.kv = hf_cache.crop_kv(buffers, done) if done else None
     result.pull_s = time.perf_counter() - t0
     return result
+
+
+def _fits(
+    buffers: Sequence[tuple[torch.Tensor, torch.Tensor]], kv: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> bool:
+    """Whether ``kv`` has the per-layer heads/head_dim of the chunks already in ``buffers``.
+
+    Checked before copying, since ``copy_`` would silently broadcast a 1-head chunk into many heads.
+    """
+    return not buffers or all(
+        (k.shape[1], k.shape[3], v.shape[1], v.shape[3])
+        == (bk.shape[1], bk.shape[3], bv.shape[1], bv.shape[3])
+        for (bk, bv), (k, v) in zip(buffers, kv, strict=True)
+    )
 
 
 @dataclass
