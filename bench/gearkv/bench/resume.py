@@ -2,8 +2,9 @@
 
 For each context length (512, 1k, 2k, 4k tokens of Shakespeare) and codec preset (fp16, gear4,
 gear3, gear2) a session holding that context is committed to the store by one worker; a *fresh*
-worker (empty hot cache) then continues it with a short follow-up (16 new tokens). Figures, medians
-over ``--repeat`` runs:
+worker (empty hot cache) then continues it with a short follow-up (16 new tokens; each repeat its
+own, so that no run reuses the follow-up a previous one committed). Figures, medians over
+``--repeat`` runs:
 
 - ``resume_s``: the fresh worker's time to first token (session read, prefix lookup, pipelined
   pull + decode, cache rebuild, prefill of the 16 new tokens, first token);
@@ -68,6 +69,23 @@ def _context_ids(tokenizer: Any, tokens: int) -> list[int]:
     while len(ids) < tokens:
         ids = ids + ids
     return [int(i) for i in ids[:tokens]]
+
+
+def _followups(ids: Sequence[int], count: int, avoid: int) -> list[list[int]]:
+    """``count`` follow-ups of ``NEW_TOKENS`` tokens from ``ids``, each starting with a token other
+    than the previous one's first (and than ``avoid``, the writer's own next token), so that every
+    resume diverges from the committed session exactly at the end of the context.
+    """
+    out: list[list[int]] = []
+    last = avoid
+    for at in range(0, len(ids) - NEW_TOKENS + 1, NEW_TOKENS):
+        piece = list(ids[at : at + NEW_TOKENS])
+        if piece[0] not in (last, avoid):
+            out.append(piece)
+            last = piece[0]
+            if len(out) == count:
+                return out
+    raise RuntimeError(f"the text has too few distinct follow-ups for {count} repeats")
 
 
 def main(argv: Sequence[str], prog: str = "gearkv bench resume") -> int:
@@ -146,8 +164,10 @@ def _run(contexts: Sequence[int], presets: Sequence[str], repeat: int, args: arg
         print(f"model ready in {time.perf_counter() - t:.1f}s", file=sys.stderr)
         one = SamplingParams(max_new_tokens=1)
         for ctx in contexts:
-            ids = _context_ids(engine.tokenizer, ctx + NEW_TOKENS)
-            context, prompt = ids[:ctx], ids
+            ids = _context_ids(engine.tokenizer, ctx + NEW_TOKENS * (repeat + 8))
+            context = ids[:ctx]
+            prompts = [[*context, *f] for f in _followups(ids[ctx:], repeat, avoid=0)]
+            prompt = prompts[0]
 
             def recompute(prompt: list[int] = prompt) -> float:
                 t0 = time.perf_counter()
@@ -172,14 +192,14 @@ def _run(contexts: Sequence[int], presets: Sequence[str], repeat: int, args: arg
                 # Each repeat measures a resume and then its floor back to back, so that both see the
                 # same machine load; every resume rewrites the session but keeps its context chunks.
                 samples: list[tuple[float, float, float, float, float]] = []
-                for _ in range(repeat):
+                for follow_up in prompts:
                     fresh = Worker(engine, client, opts, WorkerMetrics(), fingerprint=fingerprint)
-                    turn = fresh.generate(prompt, one, session_id=session).run()
+                    turn = fresh.generate(follow_up, one, session_id=session).run()
                     fresh.close()
                     s = turn.stats
                     assert s is not None
-                    if s.source != "store" or s.tokens_reused < ctx:
-                        raise RuntimeError(f"resume did not hit the store: {s}")
+                    if s.source != "store" or s.tokens_reused != ctx:
+                        raise RuntimeError(f"resume did not reuse exactly the {ctx}-token context: {s}")
                     get_s = _redis_get(rclient, rkeys)
                     dec_s = _decode_all(blobs, engine.device, engine.loaded.dtype)
                     samples.append((s.ttft_s, s.ttft_s - s.prefill_s, s.pull_s, get_s, dec_s))
