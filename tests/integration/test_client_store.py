@@ -186,6 +186,21 @@ async def test_commit_cas_and_idempotent_retry(kv: Both) -> None:
     assert (await kv.get_session("chat-cas")).version == 2
 
 
+async def test_a_long_session_keeps_only_its_latest_commit_id(kv: Both, redis_server: Any) -> None:
+    tokens = list(range(20))
+    refs, version = await put_session(kv, "chat-long", tokens)
+    with redis_server.client() as r:
+        [hkey] = [k for k in r.scan_iter(match="gkv:s:*chat-long*") if k.endswith(b":h")]
+        fields = r.hlen(hkey)
+        for turn in range(2, 12):
+            m = Manifest("chat-long", NS, tokens, refs, turns=turn)
+            version = await kv.commit_turn(m, expected_version=version, commit_id=f"turn-{turn}")
+        assert version == 11 and r.hlen(hkey) == fields  # not one field per turn
+    assert await kv.commit_turn(m, expected_version=10, commit_id="turn-11") == 11  # the latest: a retry
+    with pytest.raises(e.VersionConflict):  # an earlier one, superseded: a stale version
+        await kv.commit_turn(m, expected_version=9, commit_id="turn-10")
+
+
 async def test_server_side_validation_is_typed(kv: Both) -> None:
     refs, _ = await put_session(kv, "chat-val", list(range(12)))
     gap = Manifest("chat-val", NS, list(range(12)), [refs[1]], turns=1)  # not contiguous from 0

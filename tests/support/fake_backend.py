@@ -17,7 +17,7 @@ class FakeBackend:
         self.chunks: dict[tuple[str, str], bytes] = {}
         self.sizes: dict[tuple[str, str], tuple[int, int]] = {}
         self.sessions: dict[tuple[str, str], tuple[bytes, SessionSummary]] = {}
-        self.commits: dict[tuple[str, str], dict[str, int]] = {}
+        self.commits: dict[tuple[str, str], tuple[str, int]] = {}  # the latest commit id, its version
         self.touched: list[str] = []
 
     def expire(self, tenant: str, key: str) -> None:
@@ -78,15 +78,15 @@ class FakeBackend:
         summary: SessionSummary,
         ttl_ms: int,
     ) -> CommitOutcome:
-        seen = self.commits.setdefault((tenant, session_id), {})
-        if commit_id in seen:
-            return CommitOutcome(seen[commit_id], applied=False)
+        latest = self.commits.get((tenant, session_id))
+        if latest is not None and latest[0] == commit_id:
+            return CommitOutcome(latest[1], applied=False)
         current = self.sessions.get((tenant, session_id))
         version = current[1].version if current else 0
         if version != expected_version:
             raise Aborted(f"expected_version {expected_version} does not match {version}")
         self.sessions[(tenant, session_id)] = (manifest, summary)
-        seen[commit_id] = version + 1
+        self.commits[(tenant, session_id)] = (commit_id, version + 1)
         return CommitOutcome(version + 1, applied=True)
 
     async def delete_session(self, tenant: str, session_id: str) -> bool:

@@ -3,8 +3,8 @@
 Key layout (tenant names and session ids are validated, so they never contain braces):
 
     gkv:c:<tenant>:<chunk key>           one chunk value (no hash tag: chunks spread over all slots)
-    gkv:s:{<tenant>:<session>}:m         the session's manifest            } one hash tag: a commit is
-    gkv:s:{<tenant>:<session>}:h         version, commit ids, summary      } a single-slot transaction
+    gkv:s:{<tenant>:<session>}:m         the session's manifest             } one hash tag: a commit is
+    gkv:s:{<tenant>:<session>}:h         version, last commit id, summary   } a single-slot transaction
     gkv:t:{<tenant>}:sessions            sorted set of session ids (a superset; pruned lazily)
     gkv:t:{<tenant>}:ledger|sizes|usage  chunk byte accounting for quotas and stats
 """

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import json
 import os
 import secrets
@@ -27,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from gearkv.store.auth import hash_token
 from gearkv.store.config import StoreConfig, TenantConfig
 
 __all__ = [
@@ -286,14 +286,15 @@ class LocalStore:
         return self._start_process(timeout)
 
     def _config(self) -> StoreConfig:
-        tenant = TenantConfig(self.tenant, hashlib.sha256(self.token.encode()).hexdigest())
+        tenant = TenantConfig(self.tenant, hash_token(self.token))
         return StoreConfig(redis_url=self.redis_url, host=LOOPBACK, port=0, tenants=(tenant,), grace_s=1.0)
 
     def _start_process(self, timeout: float) -> LocalStore:
         self._dir = Path(tempfile.mkdtemp(prefix="gearkv-store-"))
         tokens = self._dir / "tokens.json"
-        digest = hashlib.sha256(self.token.encode()).hexdigest()
-        tokens.write_text(json.dumps({self.tenant: {"token_sha256": digest, "quota_bytes": 0}}))
+        tokens.write_text(
+            json.dumps({self.tenant: {"token_sha256": hash_token(self.token), "quota_bytes": 0}})
+        )
         port = free_port()
         cmd = [sys.executable, "-m", "gearkv.cli", "store", "--redis-url", self.redis_url]
         cmd += ["--host", LOOPBACK, "--port", str(port), "--tokens-file", str(tokens), "--grace", "1"]

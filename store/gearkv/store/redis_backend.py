@@ -109,13 +109,12 @@ local cur = 0
 if redis.call('EXISTS', KEYS[1]) == 1 then
   cur = tonumber(redis.call('HGET', KEYS[2], 'v') or '0')
 end
-local prev = redis.call('HGET', KEYS[2], 'c:' .. ARGV[2])
-if prev then return {1, tonumber(prev)} end
+if cur > 0 and redis.call('HGET', KEYS[2], 'c') == ARGV[2] then return {1, cur} end
 if cur ~= tonumber(ARGV[1]) then return {0, cur} end
 local v = cur + 1
 if cur == 0 then redis.call('DEL', KEYS[2]) end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-redis.call('HSET', KEYS[2], 'v', v, 'c:' .. ARGV[2], v, 'ttl', ARGV[4], 'turns', ARGV[5],
+redis.call('HSET', KEYS[2], 'v', v, 'c', ARGV[2], 'ttl', ARGV[4], 'turns', ARGV[5],
   'tokens', ARGV[6], 'raw', ARGV[7], 'stored', ARGV[8], 'updated', ARGV[9])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return {2, v}
