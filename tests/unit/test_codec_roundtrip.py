@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
-from gearkv.codec import PRESETS, Codec, CodecConfig, decode, inspect
+from gearkv.codec import PRESETS, Codec, CodecConfig, InvalidInput, decode, decode_into, inspect
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -101,6 +102,42 @@ def test_large_fp32_values_keep_side_data_in_fp32() -> None:
         out = decode(Codec.from_preset(preset).encode(layers))
         assert torch.isfinite(out[0][0]).all()
         assert rel_err(out[0][0], layers[0][0]) < BOUNDS[preset]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=shapes, preset=st.sampled_from(sorted(PRESETS)), before=st.integers(0, 9), after=st.integers(0, 9)
+)
+def test_decode_into_a_token_range_equals_decode(shape: dict, preset: str, before: int, after: int) -> None:
+    layers = make_layers(**{**shape, "dv": shape["dk"]})
+    blob = Codec.from_preset(preset).encode(layers)
+    want = decode(blob, dtype=torch.float32)
+    b, h, t, d = layers[0][0].shape
+    big_k = torch.full((len(layers), b, h, before + t + after, d), 7.0)
+    big_v = big_k.clone()
+    info = decode_into(blob, big_k[:, :, :, before : before + t], big_v[:, :, :, before : before + t])
+    assert info == inspect(blob)
+    for i, (k, v) in enumerate(want):
+        assert torch.equal(big_k[i, :, :, before : before + t], k)
+        assert torch.equal(big_v[i, :, :, before : before + t], v)
+    # nothing outside the range was touched
+    assert bool((big_k[:, :, :, :before] == 7).all() and (big_k[:, :, :, before + t :] == 7).all())
+    assert bool((big_v[:, :, :, :before] == 7).all() and (big_v[:, :, :, before + t :] == 7).all())
+
+
+def test_decode_into_refuses_outputs_that_do_not_fit() -> None:
+    layers = make_layers(0, 2, 1, 2, 8, 64, 64, torch.float32)
+    blob = Codec.from_preset("gear4").encode(layers)
+    k, v = torch.zeros(2, 1, 2, 8, 64), torch.zeros(2, 1, 2, 8, 64)
+    with pytest.raises(InvalidInput, match="keys is"):
+        decode_into(blob, k[:, :, :1], v)  # one head short
+    with pytest.raises(InvalidInput, match="values is"):
+        decode_into(blob, k, torch.zeros(2, 1, 2, 9, 64))  # a token too many
+    with pytest.raises(InvalidInput, match="dtype"):
+        decode_into(blob, k.long(), v.long())
+    with pytest.raises(InvalidInput, match="viewable"):  # heads not adjacent in memory
+        decode_into(blob, torch.zeros(2, 1, 8, 2, 64).transpose(2, 3), v)
+    assert not k.any() and not v.any()
 
 
 @settings(max_examples=10, deadline=None)

@@ -1,12 +1,13 @@
 """GEAR/KIVI compression of attention KV caches: pure compute on torch tensors, no I/O.
 
 ``Codec.from_preset("gear3").encode(layers) -> bytes`` and ``decode(blob, device, dtype)`` are the whole
-round trip; ``inspect(blob)`` reads what a blob holds without decoding it. See docs/codec.md.
+round trip; ``decode_into(blob, keys, values)`` decodes into caller-owned buffers; ``inspect(blob)`` reads
+what a blob holds without decoding it. See docs/codec.md.
 """
 
 from __future__ import annotations
 
-from ._api import BlobInfo, Codec, decode, inspect
+from ._api import BlobInfo, Codec, decode, decode_into, inspect
 from ._config import FORMAT_VERSION, PRESETS, CodecConfig
 from .errors import CodecError, CorruptBlob, InvalidInput, UnsupportedConfig, UnsupportedFormatVersion
 
@@ -22,5 +23,6 @@ __all__ = [
     "UnsupportedConfig",
     "UnsupportedFormatVersion",
     "decode",
+    "decode_into",
     "inspect",
 ]

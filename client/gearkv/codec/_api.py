@@ -1,4 +1,4 @@
-"""Public entry points: ``Codec`` (encode), ``decode`` and ``inspect``."""
+"""Public entry points: ``Codec`` (encode), ``decode``, ``decode_into`` and ``inspect``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ._gear import PartGeometry, compress_part, decompress_part, part_geometry, 
 from ._wire import Section, order_sections, pack_blob, read_header, section_views
 from .errors import CorruptBlob, InvalidInput, UnsupportedConfig
 
-__all__ = ["BlobInfo", "Codec", "decode", "inspect"]
+__all__ = ["BlobInfo", "Codec", "decode", "decode_into", "inspect"]
 
 KV = tuple[torch.Tensor, torch.Tensor]
 _DTYPES: dict[str, torch.dtype] = {
@@ -315,21 +315,70 @@ def decode(
     out_dtype = _DTYPES[info.dtype] if dtype is None else dtype
     if out_dtype not in _DTYPES.values():
         raise InvalidInput(f"dtype {out_dtype} unsupported; use float16, bfloat16 or float32")
-    sections = section_views(blob, start, plan.layout, dev)
+    keys = torch.empty(info.num_layers, *info.key_shape, dtype=out_dtype, device=dev)
+    values = torch.empty(info.num_layers, *info.value_shape, dtype=out_dtype, device=dev)
+    _fill(blob, info, plan, start, keys, values)
+    return [(keys[i], values[i]) for i in range(info.num_layers)]
+
+
+def decode_into(blob: bytes | bytearray | memoryview, keys: torch.Tensor, values: torch.Tensor) -> BlobInfo:
+    """Decompress a blob straight into caller-owned ``keys``/``values``.
+
+    Rebuilding a long cache chunk by chunk then needs no per-chunk allocation and no second copy:
+    pass one chunk's token range of a session-wide buffer, e.g. ``buf_k[:, :, :, start:end]`` of a
+    contiguous ``[layers, batch, kv_heads, tokens, head_dim]`` tensor. Decoding runs on their device
+    and writes their dtype.
+
+    Args:
+        keys, values: ``[layers, batch, kv_heads, tokens, head_dim]`` of exactly the blob's shapes,
+            float16/bfloat16/float32, viewable as ``[layers * batch * kv_heads, tokens, head_dim]``.
+
+    Returns:
+        The blob's header.
+
+    Raises:
+        CorruptBlob, UnsupportedFormatVersion; InvalidInput when the outputs do not fit the blob
+        (nothing is written then).
+    """
+    info, plan, start = _parse(blob)
+    for name, out, shape in (("keys", keys, info.key_shape), ("values", values, info.value_shape)):
+        want = (info.num_layers, *shape)
+        if tuple(out.shape) != want:
+            raise InvalidInput(f"{name} is {tuple(out.shape)}; the blob holds {want}")
+        if out.dtype not in _DTYPES.values():
+            raise InvalidInput(f"{name} dtype {out.dtype} unsupported; use float16, bfloat16 or float32")
+    if keys.device != values.device:
+        raise InvalidInput(f"keys on {keys.device} and values on {values.device}: use one device")
+    _fill(blob, info, plan, start, keys, values)
+    return info
+
+
+def _fill(
+    blob: bytes | bytearray | memoryview,
+    info: BlobInfo,
+    plan: _Plan,
+    start: int,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+) -> None:
+    """Decode the payload into ``keys``/``values`` ``[layers, batch, kv_heads, tokens, head_dim]``."""
     n = info.num_layers * info.key_shape[0] * info.key_shape[1]
-    t = info.tokens
-    keys = torch.empty(n, t, info.key_shape[3], dtype=out_dtype, device=dev)
-    values = torch.empty(n, t, info.value_shape[3], dtype=out_dtype, device=dev)
+    try:  # the parts address rows of [layers * batch * kv_heads, tokens, head_dim]
+        key_rows = keys.view(n, info.tokens, info.key_shape[3])
+        value_rows = values.view(n, info.tokens, info.value_shape[3])
+    except RuntimeError as exc:
+        raise InvalidInput(
+            "keys/values must be viewable as [layers * batch * kv_heads, tokens, head_dim] "
+            "(a token range of a contiguous buffer is)"
+        ) from exc
+    sections = section_views(blob, start, plan.layout, keys.device)
     try:
         if plan.parts is None:
-            keys.copy_(sections["k"])
-            values.copy_(sections["v"])
+            key_rows.copy_(sections["k"])
+            value_rows.copy_(sections["v"])
         else:
             for part in plan.parts:
-                dest = values if part.values else keys
+                dest = value_rows if part.values else key_rows
                 decompress_part(sections, part.geometry, dest[part.start : part.stop])
     except (RuntimeError, IndexError) as exc:  # only reachable with a crafted blob whose checksum matches
         raise CorruptBlob(f"blob sections are inconsistent: {exc}") from exc
-    keys = keys.view(info.num_layers, *info.key_shape)
-    values = values.view(info.num_layers, *info.value_shape)
-    return [(keys[i], values[i]) for i in range(info.num_layers)]
