@@ -21,6 +21,7 @@ from gearkv.client import (
     keys,
 )
 from gearkv.client import errors as e
+from gearkv.store.backend import COMMIT_IDS_KEPT
 from support.store import StoreHandle
 
 pytestmark = pytest.mark.integration
@@ -186,19 +187,24 @@ async def test_commit_cas_and_idempotent_retry(kv: Both) -> None:
     assert (await kv.get_session("chat-cas")).version == 2
 
 
-async def test_a_long_session_keeps_only_its_latest_commit_id(kv: Both, redis_server: Any) -> None:
+async def test_a_long_session_keeps_a_bounded_window_of_commit_ids(kv: Both, redis_server: Any) -> None:
     tokens = list(range(20))
     refs, version = await put_session(kv, "chat-long", tokens)
+    last = 1 + 2 * COMMIT_IDS_KEPT
     with redis_server.client() as r:
         [hkey] = [k for k in r.scan_iter(match="gkv:s:*chat-long*") if k.endswith(b":h")]
-        fields = r.hlen(hkey)
-        for turn in range(2, 12):
+        for turn in range(2, last + 1):
             m = Manifest("chat-long", NS, tokens, refs, turns=turn)
             version = await kv.commit_turn(m, expected_version=version, commit_id=f"turn-{turn}")
-        assert version == 11 and r.hlen(hkey) == fields  # not one field per turn
-    assert await kv.commit_turn(m, expected_version=10, commit_id="turn-11") == 11  # the latest: a retry
-    with pytest.raises(e.VersionConflict):  # an earlier one, superseded: a stale version
-        await kv.commit_turn(m, expected_version=9, commit_id="turn-10")
+            if turn == COMMIT_IDS_KEPT + 1:
+                full = r.hlen(hkey)
+        assert version == last and r.hlen(hkey) == full  # not one more field per turn
+    oldest_kept = last - COMMIT_IDS_KEPT + 1
+    for turn in (last, oldest_kept):  # retries within the window replay their own version
+        m = Manifest("chat-long", NS, tokens, refs, turns=turn)
+        assert await kv.commit_turn(m, expected_version=turn - 1, commit_id=f"turn-{turn}") == turn
+    with pytest.raises(e.VersionConflict):  # older than the window: a stale version
+        await kv.commit_turn(m, expected_version=oldest_kept - 2, commit_id=f"turn-{oldest_kept - 1}")
 
 
 async def test_server_side_validation_is_typed(kv: Both) -> None:

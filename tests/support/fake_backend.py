@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gearkv.store.backend import CommitOutcome, SessionSummary, TenantUsage
+from gearkv.store.backend import COMMIT_IDS_KEPT, CommitOutcome, SessionSummary, TenantUsage
 from gearkv.store.errors import Aborted, ResourceExhausted
 
 
@@ -17,7 +17,7 @@ class FakeBackend:
         self.chunks: dict[tuple[str, str], bytes] = {}
         self.sizes: dict[tuple[str, str], tuple[int, int]] = {}
         self.sessions: dict[tuple[str, str], tuple[bytes, SessionSummary]] = {}
-        self.commits: dict[tuple[str, str], tuple[str, int]] = {}  # the latest commit id, its version
+        self.commits: dict[tuple[str, str], dict[str, int]] = {}  # the last commit ids, their versions
         self.touched: list[str] = []
 
     def expire(self, tenant: str, key: str) -> None:
@@ -78,15 +78,17 @@ class FakeBackend:
         summary: SessionSummary,
         ttl_ms: int,
     ) -> CommitOutcome:
-        latest = self.commits.get((tenant, session_id))
-        if latest is not None and latest[0] == commit_id:
-            return CommitOutcome(latest[1], applied=False)
+        seen = self.commits.setdefault((tenant, session_id), {})
+        if commit_id in seen:
+            return CommitOutcome(seen[commit_id], applied=False)
         current = self.sessions.get((tenant, session_id))
         version = current[1].version if current else 0
         if version != expected_version:
             raise Aborted(f"expected_version {expected_version} does not match {version}")
         self.sessions[(tenant, session_id)] = (manifest, summary)
-        self.commits[(tenant, session_id)] = (commit_id, version + 1)
+        seen[commit_id] = version + 1
+        while len(seen) > COMMIT_IDS_KEPT:
+            del seen[next(iter(seen))]
         return CommitOutcome(version + 1, applied=True)
 
     async def delete_session(self, tenant: str, session_id: str) -> bool:

@@ -4,7 +4,7 @@ Key layout (tenant names and session ids are validated, so they never contain br
 
     gkv:c:<tenant>:<chunk key>           one chunk value (no hash tag: chunks spread over all slots)
     gkv:s:{<tenant>:<session>}:m         the session's manifest             } one hash tag: a commit is
-    gkv:s:{<tenant>:<session>}:h         version, last commit id, summary   } a single-slot transaction
+    gkv:s:{<tenant>:<session>}:h         version, last commit ids, summary  } a single-slot transaction
     gkv:t:{<tenant>}:sessions            sorted set of session ids (a superset; pruned lazily)
     gkv:t:{<tenant>}:ledger|sizes|usage  chunk byte accounting for quotas and stats
 """
@@ -30,6 +30,11 @@ def session_meta_redis_key(tenant: str, session_id: str) -> str:
 
 def tenant_redis_key(tenant: str, what: str) -> str:
     return f"gkv:t:{{{tenant}}}:{what}"
+
+
+# A retry of one of a session's last COMMIT_IDS_KEPT commits replays the version it produced; an
+# older one answers as a stale expected_version (a bounded window keeps long sessions small).
+COMMIT_IDS_KEPT = 16
 
 
 @dataclass(frozen=True)

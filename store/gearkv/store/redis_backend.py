@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from gearkv.store.backend import (
+    COMMIT_IDS_KEPT,
     CommitOutcome,
     SessionSummary,
     TenantUsage,
@@ -103,22 +104,30 @@ end
 return 0
 """
 
+# The hash keeps the last COMMIT_IDS_KEPT commit ids as fields c<version>, so it does not grow with
+# the session's turns.
 # Compare-and-set commit of one session (KEYS share a hash tag: one slot, atomic).
-_COMMIT = """
+_COMMIT = (
+    f"local KEPT = {COMMIT_IDS_KEPT}\n"
+    + """
 local cur = 0
 if redis.call('EXISTS', KEYS[1]) == 1 then
   cur = tonumber(redis.call('HGET', KEYS[2], 'v') or '0')
 end
-if cur > 0 and redis.call('HGET', KEYS[2], 'c') == ARGV[2] then return {1, cur} end
+for i = cur, math.max(1, cur - KEPT + 1), -1 do
+  if redis.call('HGET', KEYS[2], 'c' .. i) == ARGV[2] then return {1, i} end
+end
 if cur ~= tonumber(ARGV[1]) then return {0, cur} end
 local v = cur + 1
 if cur == 0 then redis.call('DEL', KEYS[2]) end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-redis.call('HSET', KEYS[2], 'v', v, 'c', ARGV[2], 'ttl', ARGV[4], 'turns', ARGV[5],
+if v > KEPT then redis.call('HDEL', KEYS[2], 'c' .. (v - KEPT)) end
+redis.call('HSET', KEYS[2], 'v', v, 'c' .. v, ARGV[2], 'ttl', ARGV[4], 'turns', ARGV[5],
   'tokens', ARGV[6], 'raw', ARGV[7], 'stored', ARGV[8], 'updated', ARGV[9])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return {2, v}
 """
+)
 
 # Read a manifest and refresh both session keys with the session's own TTL.
 _TOUCH_SESSION = """

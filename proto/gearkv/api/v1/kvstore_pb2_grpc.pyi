@@ -89,9 +89,9 @@ class KVStoreStub:
     must exist, else FAILED_PRECONDITION (names the first missing chunk) and nothing changes.
     Errors: ABORTED (version mismatch: someone else committed; re-read and retry),
     FAILED_PRECONDITION (missing chunk), INVALID_ARGUMENT (malformed manifest).
-    Idempotent when retried with the same `commit_id`: a retry of the session's latest commit
-    returns the version it produced (once another commit followed it, the retry is ABORTED like
-    any stale expected_version; only the latest commit id is kept, so a session's state stays small).
+    Idempotent when retried with the same `commit_id`: a retry of one of the session's last 16
+    commits returns the version it produced (an older one is ABORTED like any stale
+    expected_version; keeping a bounded window keeps a long session's state small).
     """
     GetSession: _grpc.UnaryUnaryMultiCallable[_kvstore_pb2.GetSessionRequest, _kvstore_pb2.GetSessionResponse]
     """Read a session's manifest (refreshes its TTL). Errors: NOT_FOUND. Idempotent."""
@@ -145,9 +145,9 @@ class KVStoreAsyncStub(KVStoreStub):
     must exist, else FAILED_PRECONDITION (names the first missing chunk) and nothing changes.
     Errors: ABORTED (version mismatch: someone else committed; re-read and retry),
     FAILED_PRECONDITION (missing chunk), INVALID_ARGUMENT (malformed manifest).
-    Idempotent when retried with the same `commit_id`: a retry of the session's latest commit
-    returns the version it produced (once another commit followed it, the retry is ABORTED like
-    any stale expected_version; only the latest commit id is kept, so a session's state stays small).
+    Idempotent when retried with the same `commit_id`: a retry of one of the session's last 16
+    commits returns the version it produced (an older one is ABORTED like any stale
+    expected_version; keeping a bounded window keeps a long session's state small).
     """
     GetSession: _aio.UnaryUnaryMultiCallable[_kvstore_pb2.GetSessionRequest, _kvstore_pb2.GetSessionResponse]  # type: ignore[assignment]
     """Read a session's manifest (refreshes its TTL). Errors: NOT_FOUND. Idempotent."""
@@ -234,9 +234,9 @@ class KVStoreServicer(metaclass=_abc_1.ABCMeta):
         must exist, else FAILED_PRECONDITION (names the first missing chunk) and nothing changes.
         Errors: ABORTED (version mismatch: someone else committed; re-read and retry),
         FAILED_PRECONDITION (missing chunk), INVALID_ARGUMENT (malformed manifest).
-        Idempotent when retried with the same `commit_id`: a retry of the session's latest commit
-        returns the version it produced (once another commit followed it, the retry is ABORTED like
-        any stale expected_version; only the latest commit id is kept, so a session's state stays small).
+        Idempotent when retried with the same `commit_id`: a retry of one of the session's last 16
+        commits returns the version it produced (an older one is ABORTED like any stale
+        expected_version; keeping a bounded window keeps a long session's state small).
         """
 
     @_abc_1.abstractmethod
