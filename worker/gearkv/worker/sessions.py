@@ -492,8 +492,8 @@ class Worker:
             else:
                 stored = tuple(match.chunks)  # what exists now (a manifest may name evicted chunks)
                 n = min(match.matched_tokens, limit)
-                if n < could:  # the session's manifest names chunks the store no longer holds
-                    reasons.append("chunk_missing")
+                if n < could and not view.from_local:  # the manifest names chunks the store lost
+                    reasons.append("chunk_missing")  # (a local view may just be ahead of its push)
                 if n > reused and n >= self.options.min_reuse_tokens:
                     pulled = pull_prefix(self.client.get_chunks, match.chunks, n, self.geometry)
                     stats.bytes_pulled, stats.pull_s = pulled.bytes_pulled, pulled.pull_s
