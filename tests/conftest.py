@@ -17,12 +17,21 @@ Fixtures (all sync, usable from sync and async tests):
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
 from support.redis_procs import RedisCluster, RedisServer, start_cluster, start_redis
 from support.store import DEFAULT_TENANTS, StoreHandle, StoreProcess, start_store_thread, store_config
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch() -> None:
+    """Unseeded torch draws in a test are the same on every run, so a failure always reproduces."""
+    torch = sys.modules.get("torch")  # not imported here: store and SDK tests never load torch
+    if torch is not None:
+        torch.manual_seed(0)
 
 
 def _require_redis() -> None:
