@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -147,7 +148,7 @@ def test_health_is_serving(engine: Engine, store: Any) -> None:
 
 
 @pytest.mark.slow
-def test_gearkv_worker_cli_serves_and_stops_on_sigterm(store: Any) -> None:
+def test_gearkv_worker_cli_serves_and_stops_on_sigterm(store: Any, tmp_path: Path) -> None:
     port = free_port()
     cmd = [
         sys.executable,
@@ -165,20 +166,25 @@ def test_gearkv_worker_cli_serves_and_stops_on_sigterm(store: Any) -> None:
         "--codec",
         "gear3",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "worker.log"  # a file, not a pipe: output nobody reads can never block the worker
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 240
-        line = ""
-        while time.monotonic() < deadline and "listening on" not in line:
-            line = proc.stdout.readline() if proc.stdout else ""
-            assert line or proc.poll() is None, "worker exited early"
-        assert f"127.0.0.1:{port}" in line
+        while time.monotonic() < deadline and "listening on" not in log.read_text():
+            assert proc.poll() is None, f"worker exited early:\n{log.read_text()[-3000:]}"
+            time.sleep(0.1)
+        assert f"listening on 127.0.0.1:{port}" in log.read_text()
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = worker_pb2_grpc.WorkerStub(channel)
             last = _chat(stub, "cli-1", "Hi!", max_new_tokens=4)[-1]
             assert last.stats.codec == "gear3.v1" and last.stats.tokens_generated == 4
         proc.terminate()
-        assert proc.wait(timeout=60) == 0
+        try:
+            rc = proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            rc = None
+        assert rc == 0, f"exit status {rc} after SIGTERM:\n{log.read_text()[-6000:]}"
     finally:
         if proc.poll() is None:
             proc.kill()

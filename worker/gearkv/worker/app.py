@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
-import threading
+import sys
+import time
 from typing import Any
 
 import torch
@@ -13,7 +15,7 @@ from gearkv.worker.engine import Engine
 from gearkv.worker.metrics import WorkerMetrics
 from gearkv.worker.model import LoadedModel, load_model
 from gearkv.worker.service import start_worker_server
-from gearkv.worker.sessions import Worker
+from gearkv.worker.sessions import PUSH_DRAIN_S, Worker
 from prometheus_client import CollectorRegistry, start_http_server
 
 __all__ = ["build_worker", "connect_store", "serve"]
@@ -55,9 +57,11 @@ def serve(cfg: WorkerConfig) -> int:
     registry = CollectorRegistry()
     worker = build_worker(cfg, registry=registry)
     # Handlers before the port opens, so a SIGTERM right after it answers still drains the worker.
-    stop = threading.Event()
+    # The handler only flips a flag: taking a lock in a signal handler (threading.Event.set) can
+    # deadlock against the same lock held by the interrupted main thread.
+    stopping: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     try:
         server = start_worker_server(worker, cfg.host, cfg.port)
     except RuntimeError as exc:
@@ -66,8 +70,12 @@ def serve(cfg: WorkerConfig) -> int:
     if cfg.metrics_port is not None:
         start_http_server(cfg.metrics_port, addr=cfg.host, registry=registry)
     print(f"gearkv worker listening on {server.address}", flush=True)
-    stop.wait()
+    while not stopping:
+        time.sleep(0.2)  # a signal interrupts the sleep; its handler runs here, in the main thread
     log.info("shutting down (grace %.1fs)", cfg.grace_s)
+    # A shutdown that outlives its budget (running turns, then pending pushes) dumps every thread's
+    # stack and exits non-zero instead of hanging until someone sends SIGKILL.
+    faulthandler.dump_traceback_later(cfg.grace_s + PUSH_DRAIN_S + 30, exit=True, file=sys.stderr)
     server.stop(cfg.grace_s)
     if worker.client is not None:
         worker.client.close()

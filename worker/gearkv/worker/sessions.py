@@ -46,6 +46,7 @@ log = logging.getLogger("gearkv.worker")
 
 MAX_MESSAGE_CHARS = 1 << 20
 MAX_SYSTEM_PROMPT_CHARS = 1 << 16
+PUSH_DRAIN_S = 30.0  # how long closing a worker waits for its pending pushes
 # Reasons a turn reused less that are not store faults (not counted as such).
 _NOT_FAULTS = frozenset({"below_min_reuse", "no_store"})
 
@@ -271,7 +272,7 @@ class Worker:
         """Block until every push submitted so far has finished."""
         self._pusher.submit(lambda: None).result(timeout=timeout)
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float = PUSH_DRAIN_S) -> None:
         """Finish pending pushes (up to ``timeout`` seconds) and stop the push thread."""
         with contextlib.suppress(Exception):  # a timed-out push is abandoned; its chunks expire
             self.wait_for_pushes(timeout)
