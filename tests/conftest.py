@@ -16,14 +16,22 @@ Fixtures (all sync, usable from sync and async tests):
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
+from hypothesis import settings
 from support.redis_procs import RedisCluster, RedisServer, start_cluster, start_redis
 from support.store import DEFAULT_TENANTS, StoreHandle, StoreProcess, start_store_thread, store_config
+
+# Property tests draw the same examples on every run (a red CI run always reproduces); set
+# HYPOTHESIS_PROFILE=explore to search new random examples locally.
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @pytest.fixture(autouse=True)
