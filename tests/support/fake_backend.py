@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from gearkv.store.backend import COMMIT_IDS_KEPT, CommitOutcome, SessionSummary, TenantUsage
+from gearkv.store.backend import COMMIT_IDS_KEPT, CommitOutcome, SessionSummary, TenantUsage, TurnStart
 from gearkv.store.errors import Aborted, ResourceExhausted
+
+
+@dataclass
+class _Lease:
+    holder: str
+    lease_id: str
+    until: float  # time.monotonic()
+    lost: bool = False
+    lost_holder: str = ""
 
 
 class FakeBackend:
@@ -19,6 +30,7 @@ class FakeBackend:
         self.sessions: dict[tuple[str, str], tuple[bytes, SessionSummary]] = {}
         self.commits: dict[tuple[str, str], dict[str, int]] = {}  # the last commit ids, their versions
         self.touched: list[str] = []
+        self.leases: dict[tuple[str, str], _Lease] = {}
 
     def expire(self, tenant: str, key: str) -> None:
         self.chunks.pop((tenant, key), None)
@@ -77,22 +89,66 @@ class FakeBackend:
         manifest: bytes,
         summary: SessionSummary,
         ttl_ms: int,
+        holder: str = "",
+        lease_id: str = "",
     ) -> CommitOutcome:
         seen = self.commits.setdefault((tenant, session_id), {})
         if commit_id in seen:
             return CommitOutcome(seen[commit_id], applied=False)
+        lease = self.leases.get((tenant, session_id))
+        if holder and lease and lease.holder != holder and lease.until > time.monotonic():
+            raise Aborted(f"the session has a turn running on another worker ({lease.holder!r})")
         current = self.sessions.get((tenant, session_id))
         version = current[1].version if current else 0
         if version != expected_version:
             raise Aborted(f"expected_version {expected_version} does not match {version}")
         self.sessions[(tenant, session_id)] = (manifest, summary)
+        if lease and lease_id and lease.lease_id == lease_id:
+            del self.leases[(tenant, session_id)]
         seen[commit_id] = version + 1
         while len(seen) > COMMIT_IDS_KEPT:
             del seen[next(iter(seen))]
         return CommitOutcome(version + 1, applied=True)
 
+    async def begin_turn(
+        self,
+        tenant: str,
+        session_id: str,
+        *,
+        holder: str,
+        lease_id: str,
+        lease_ms: int,
+        known_version: int,
+        ttl_ms: int,
+    ) -> TurnStart:
+        now = time.monotonic()
+        old = self.leases.get((tenant, session_id))
+        lost, lost_holder = False, ""
+        if old is not None:
+            live = old.until > now
+            if live and old.holder != holder:
+                raise Aborted(f"the session has a turn running on another worker ({old.holder!r})")
+            lost, lost_holder = old.lost, old.lost_holder
+            if not live and old.lease_id != lease_id:
+                lost, lost_holder = True, old.holder
+        self.leases[(tenant, session_id)] = _Lease(holder, lease_id, now + lease_ms / 1000, lost, lost_holder)
+        current = self.sessions.get((tenant, session_id))
+        version = current[1].version if current else 0
+        manifest = current[0] if current and version != known_version else None
+        return TurnStart(version, manifest, lost, lost_holder)
+
+    async def end_turn(self, tenant: str, session_id: str, lease_id: str) -> None:
+        lease = self.leases.get((tenant, session_id))
+        if lease is None or lease.lease_id != lease_id:
+            return
+        if lease.lost:
+            lease.until, lease.lease_id = 0.0, ""
+        else:
+            del self.leases[(tenant, session_id)]
+
     async def delete_session(self, tenant: str, session_id: str) -> bool:
         self.commits.pop((tenant, session_id), None)
+        self.leases.pop((tenant, session_id), None)
         return self.sessions.pop((tenant, session_id), None) is not None
 
     async def list_sessions(self, tenant: str, after: str, limit: int) -> tuple[list[SessionSummary], str]:

@@ -29,6 +29,7 @@ from gearkv.client._models import (
     PutChunkResult,
     SessionSummary,
     StoreStats,
+    TurnStart,
 )
 from gearkv.client._retry import ExponentialJitterBackoff, RetryPolicy
 
@@ -66,6 +67,7 @@ __all__ = [
     "SessionSummary",
     "StoreStats",
     "TLSOptions",
+    "TurnStart",
     "errors",
     "keys",
 ]

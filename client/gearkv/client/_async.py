@@ -28,9 +28,17 @@ from gearkv.client._models import (
     PutChunkResult,
     SessionSummary,
     StoreStats,
+    TurnStart,
 )
 from gearkv.client._retry import acall_with_retry
-from gearkv.client.errors import ChunkNotFound, KVStoreError, NotFound, SessionNotFound
+from gearkv.client.errors import (
+    ChunkNotFound,
+    KVStoreError,
+    NotFound,
+    SessionNotFound,
+    TurnInProgress,
+    VersionConflict,
+)
 
 
 class AsyncKVStoreClient(KVStoreClientBase):
@@ -175,12 +183,36 @@ class AsyncKVStoreClient(KVStoreClientBase):
         commit_id: str | None = None,
         ttl_s: int = 0,
         *,
+        holder: str = "",
+        lease_id: str = "",
         timeout: float | None = None,
     ) -> int:
         """Compare-and-set the session's manifest; returns the new version (see KVStoreClient)."""
-        request = self._commit_request(manifest, expected_version, commit_id, ttl_s)
+        request = self._commit_request(manifest, expected_version, commit_id, ttl_s, holder, lease_id)
         response: pb.CommitTurnResponse = await self._unary("CommitTurn", request, timeout)
         return response.version
+
+    async def begin_turn(
+        self,
+        session_id: str,
+        *,
+        holder: str,
+        lease_id: str,
+        lease_ms: int = 0,
+        known_version: int = 0,
+        timeout: float | None = None,
+    ) -> TurnStart:
+        """Take (or renew) the session's turn lease (see KVStoreClient.begin_turn)."""
+        request = self._begin_turn_request(session_id, holder, lease_id, lease_ms, known_version)
+        try:
+            response = await self._unary("BeginTurn", request, timeout)
+        except VersionConflict as exc:
+            raise TurnInProgress(str(exc), code=exc.code) from exc
+        return self.parse_turn_start(response)
+
+    async def end_turn(self, session_id: str, lease_id: str, *, timeout: float | None = None) -> None:
+        """Give a turn lease back without a commit (see KVStoreClient.end_turn)."""
+        await self._unary("EndTurn", self._end_turn_request(session_id, lease_id), timeout)
 
     async def get_session(self, session_id: str, *, timeout: float | None = None) -> Manifest:
         """The session's manifest (refreshes its TTL). Raises SessionNotFound."""
@@ -223,10 +255,10 @@ class AsyncKVStoreClient(KVStoreClientBase):
     async def _unary(
         self, method: str, request: Any, timeout: float | None, not_found: type[NotFound] = NotFound
     ) -> Any:
-        kwargs = self._call_kwargs(timeout)
+        deadline = self._deadline(timeout)
 
         async def attempt(_: int) -> Any:
             with map_rpc_errors(not_found):
-                return await getattr(self._stub(), method)(request, **kwargs)
+                return await getattr(self._stub(), method)(request, **self._attempt_kwargs(deadline))
 
-        return await acall_with_retry(self._retry, attempt)
+        return await acall_with_retry(self._retry, attempt, deadline=deadline)

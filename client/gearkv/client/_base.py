@@ -50,6 +50,7 @@ MAX_U32 = 2**32 - 1
 MAX_U64 = 2**64 - 1
 MAX_PAGE_SIZE = 1000
 MAX_COMMIT_ID = 64
+MAX_LEASE_MS = 600_000
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_PREFETCH = 4
 
@@ -133,6 +134,14 @@ def check_session_id(session_id: str, field: str = "session_id") -> str:
     if not isinstance(session_id, str) or not is_valid_session_id(session_id):
         raise InvalidArgument(f"{field} must be 1-128 chars of [A-Za-z0-9._:-]")
     return session_id
+
+
+def check_id(value: str, field: str) -> str:
+    """A commit id, lease id or lease holder: 1-64 printable ASCII chars without spaces."""
+    ok = isinstance(value, str) and 1 <= len(value) <= MAX_COMMIT_ID
+    if not ok or not all(0x21 <= ord(c) <= 0x7E for c in value):
+        raise InvalidArgument(f"{field} must be 1-{MAX_COMMIT_ID} printable ASCII chars without spaces")
+    return value
 
 
 def check_uint(value: int, field: str, limit: int, low: int = 0) -> int:
@@ -285,6 +294,17 @@ class KVStoreClientBase:
     def _call_kwargs(self, timeout: float | None) -> dict[str, object]:
         return {"timeout": check_timeout(timeout, self._timeout), "metadata": self._metadata}
 
+    def _deadline(self, timeout: float | None) -> float:
+        """When a call of ``timeout`` seconds (retries included) must be over (``time.monotonic()``)."""
+        return time.monotonic() + check_timeout(timeout, self._timeout)
+
+    def _attempt_kwargs(self, deadline: float) -> dict[str, object]:
+        """Call options of one attempt: what is left of the whole call's time."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise KVStoreTimeout("the call's timeout passed before this attempt", code="DEADLINE_EXCEEDED")
+        return {"timeout": left, "metadata": self._metadata}
+
     # ---- requests ------------------------------------------------------------------------------
 
     @staticmethod
@@ -341,8 +361,31 @@ class KVStoreClientBase:
         return pb.LookupPrefixRequest(namespace=_convert.namespace_to_pb(ns), token_ids=ids, session_id=sid)
 
     @staticmethod
+    def _begin_turn_request(
+        session_id: str, holder: str, lease_id: str, lease_ms: int, known_version: int
+    ) -> pb.BeginTurnRequest:
+        return pb.BeginTurnRequest(
+            session_id=check_session_id(session_id),
+            holder=check_id(holder, "holder"),
+            lease_id=check_id(lease_id, "lease_id"),
+            lease_ms=check_uint(lease_ms, "lease_ms", MAX_LEASE_MS),
+            known_version=check_uint(known_version, "known_version", MAX_U64),
+        )
+
+    @staticmethod
+    def _end_turn_request(session_id: str, lease_id: str) -> pb.EndTurnRequest:
+        return pb.EndTurnRequest(
+            session_id=check_session_id(session_id), lease_id=check_id(lease_id, "lease_id")
+        )
+
+    @staticmethod
     def _commit_request(
-        manifest: Manifest, expected_version: int, commit_id: str | None, ttl_s: int
+        manifest: Manifest,
+        expected_version: int,
+        commit_id: str | None,
+        ttl_s: int,
+        holder: str = "",
+        lease_id: str = "",
     ) -> pb.CommitTurnRequest:
         if not isinstance(manifest, Manifest):
             raise InvalidArgument("manifest must be a gearkv.client.Manifest")
@@ -354,13 +397,15 @@ class KVStoreClientBase:
             check_key(ref.key, f"manifest.chunks[{i}].key")
         if commit_id is None:
             commit_id = uuid.uuid4().hex  # made once per call, so every retry reuses it
-        elif not isinstance(commit_id, str) or not 1 <= len(commit_id) <= MAX_COMMIT_ID:
-            raise InvalidArgument(f"commit_id must be 1-{MAX_COMMIT_ID} chars")
+        else:
+            check_id(commit_id, "commit_id")
         return pb.CommitTurnRequest(
             manifest=_convert.manifest_to_pb(manifest),
             expected_version=expected_version,
             commit_id=commit_id,
             ttl_s=ttl_s,
+            holder=check_id(holder, "holder") if holder else "",
+            lease_id=check_id(lease_id, "lease_id") if lease_id else "",
         )
 
     @staticmethod
@@ -408,5 +453,6 @@ class KVStoreClientBase:
     parse_put = staticmethod(_convert.put_result_from_pb)
     parse_lookup = staticmethod(_convert.prefix_match_from_pb)
     parse_manifest = staticmethod(_convert.manifest_from_pb)
+    parse_turn_start = staticmethod(_convert.turn_start_from_pb)
     parse_summary = staticmethod(_convert.session_summary_from_pb)
     parse_stats = staticmethod(_convert.stats_from_pb)

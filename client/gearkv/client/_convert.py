@@ -12,6 +12,7 @@ from gearkv.client._models import (
     PutChunkResult,
     SessionSummary,
     StoreStats,
+    TurnStart,
 )
 
 
@@ -75,6 +76,15 @@ def prefix_match_from_pb(msg: pb.LookupPrefixResponse) -> PrefixMatch:
         matched_tokens=msg.matched_tokens,
         session_version=msg.session_version,
         reason=msg.reason,
+    )
+
+
+def turn_start_from_pb(msg: pb.BeginTurnResponse) -> TurnStart:
+    return TurnStart(
+        version=msg.version,
+        manifest=manifest_from_pb(msg.manifest) if msg.HasField("manifest") else None,
+        abandoned_turn=msg.abandoned_turn,
+        abandoned_holder=msg.abandoned_holder,
     )
 
 

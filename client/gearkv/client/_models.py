@@ -20,6 +20,7 @@ __all__ = [
     "PutChunkResult",
     "SessionSummary",
     "StoreStats",
+    "TurnStart",
 ]
 
 
@@ -109,6 +110,18 @@ class SessionSummary:
     raw_bytes: int
     stored_bytes: int
     updated_ms: int
+
+
+@dataclass(frozen=True)
+class TurnStart:
+    """What ``begin_turn`` found: the session's version (0: none), its manifest when that differs from
+    the version the caller knew, and whether an earlier turn's lease expired uncommitted (that turn
+    may have been answered and lost; ``abandoned_holder`` ran it)."""
+
+    version: int
+    manifest: Manifest | None = None
+    abandoned_turn: bool = False
+    abandoned_holder: str = ""
 
 
 @dataclass(frozen=True)

@@ -72,18 +72,31 @@ class RetryPolicy:
 
 
 def call_with_retry(
-    policy: RetryPolicy, fn: Callable[[int], T], *, sleep: Callable[[float], object] = time.sleep
+    policy: RetryPolicy,
+    fn: Callable[[int], T],
+    *,
+    sleep: Callable[[float], object] = time.sleep,
+    deadline: float | None = None,
 ) -> T:
-    """Run ``fn(attempt)`` (attempt counts from 0) until it returns or a non-retryable error."""
+    """Run ``fn(attempt)`` (attempt counts from 0) until it returns or a non-retryable error.
+
+    ``deadline`` (``time.monotonic()``) bounds the whole loop: no retry starts, and no backoff sleeps,
+    past it; the last error is raised instead.
+    """
     attempt = 0
     while True:
         try:
             return fn(attempt)
         except policy.retry_on:
             attempt += 1
-            if attempt >= policy.attempts:
+            delay = policy.backoff.compute(attempt)
+            if attempt >= policy.attempts or _past(deadline, delay):
                 raise
-        sleep(policy.backoff.compute(attempt))
+        sleep(delay)
+
+
+def _past(deadline: float | None, delay: float) -> bool:
+    return deadline is not None and time.monotonic() + delay >= deadline
 
 
 async def acall_with_retry(
@@ -91,6 +104,7 @@ async def acall_with_retry(
     fn: Callable[[int], Awaitable[T]],
     *,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    deadline: float | None = None,
 ) -> T:
     """The async twin of :func:`call_with_retry`."""
     attempt = 0
@@ -99,6 +113,7 @@ async def acall_with_retry(
             return await fn(attempt)
         except policy.retry_on:
             attempt += 1
-            if attempt >= policy.attempts:
+            delay = policy.backoff.compute(attempt)
+            if attempt >= policy.attempts or _past(deadline, delay):
                 raise
-        await sleep(policy.backoff.compute(attempt))
+        await sleep(delay)

@@ -28,9 +28,17 @@ from gearkv.client._models import (
     PutChunkResult,
     SessionSummary,
     StoreStats,
+    TurnStart,
 )
 from gearkv.client._retry import call_with_retry
-from gearkv.client.errors import ChunkNotFound, KVStoreError, NotFound, SessionNotFound
+from gearkv.client.errors import (
+    ChunkNotFound,
+    KVStoreError,
+    NotFound,
+    SessionNotFound,
+    TurnInProgress,
+    VersionConflict,
+)
 
 
 @dataclass(frozen=True)
@@ -194,16 +202,43 @@ class KVStoreClient(KVStoreClientBase):
         commit_id: str | None = None,
         ttl_s: int = 0,
         *,
+        holder: str = "",
+        lease_id: str = "",
         timeout: float | None = None,
     ) -> int:
         """Compare-and-set the session's manifest; returns the new version.
 
         Raises VersionConflict (someone else committed) or PreconditionFailed (a chunk is missing).
-        Retries reuse one ``commit_id`` (a fresh uuid4 when not given), so they are harmless.
+        Retries reuse one ``commit_id`` (a fresh uuid4 when not given), so they are harmless. With
+        ``holder`` the commit is refused while another holder's turn lease is live; ``lease_id`` (this
+        turn's lease, see :meth:`begin_turn`) is given back by the commit.
         """
-        request = self._commit_request(manifest, expected_version, commit_id, ttl_s)
+        request = self._commit_request(manifest, expected_version, commit_id, ttl_s, holder, lease_id)
         response: pb.CommitTurnResponse = self._unary(self._stub.CommitTurn, request, timeout)
         return response.version
+
+    def begin_turn(
+        self,
+        session_id: str,
+        *,
+        holder: str,
+        lease_id: str,
+        lease_ms: int = 0,
+        known_version: int = 0,
+        timeout: float | None = None,
+    ) -> TurnStart:
+        """Take (or renew) the session's turn lease and read its version, and its manifest if that
+        is not ``known_version``. Raises TurnInProgress while another holder's lease is live."""
+        request = self._begin_turn_request(session_id, holder, lease_id, lease_ms, known_version)
+        try:
+            response = self._unary(self._stub.BeginTurn, request, timeout)
+        except VersionConflict as exc:
+            raise TurnInProgress(str(exc), code=exc.code) from exc
+        return self.parse_turn_start(response)
+
+    def end_turn(self, session_id: str, lease_id: str, *, timeout: float | None = None) -> None:
+        """Give a turn lease back without a commit (a no-op if it is no longer the session's)."""
+        self._unary(self._stub.EndTurn, self._end_turn_request(session_id, lease_id), timeout)
 
     def get_session(self, session_id: str, *, timeout: float | None = None) -> Manifest:
         """The session's manifest (refreshes its TTL). Raises SessionNotFound."""
@@ -247,10 +282,10 @@ class KVStoreClient(KVStoreClientBase):
     def _unary(
         self, method: Any, request: Any, timeout: float | None, not_found: type[NotFound] = NotFound
     ) -> Any:
-        kwargs = self._call_kwargs(timeout)
+        deadline = self._deadline(timeout)
 
         def attempt(_: int) -> Any:
             with map_rpc_errors(not_found):
-                return method(request, **kwargs)
+                return method(request, **self._attempt_kwargs(deadline))
 
-        return call_with_retry(self._retry, attempt)
+        return call_with_retry(self._retry, attempt, deadline=deadline)

@@ -20,6 +20,7 @@ status stays available as ``__cause__``. This module imports neither grpc nor re
         │   └── SessionNotFound      no manifest for that session id
         ├── ChunkCorrupt             DATA_LOSS, or a chunk that fails the client's digest check
         ├── VersionConflict          ABORTED (and ALREADY_EXISTS): someone else committed first
+        │   └── TurnInProgress       ABORTED from begin_turn: another worker runs a turn of the session
         ├── PreconditionFailed       FAILED_PRECONDITION: the manifest names a missing chunk
         ├── QuotaExceeded            RESOURCE_EXHAUSTED naming the tenant's byte quota
         └── KVStoreInternalError     UNKNOWN, INTERNAL, UNIMPLEMENTED: a bug on one side
@@ -49,6 +50,7 @@ __all__ = [
     "PreconditionFailed",
     "QuotaExceeded",
     "SessionNotFound",
+    "TurnInProgress",
     "Unauthenticated",
     "VersionConflict",
 ]
@@ -114,6 +116,10 @@ class ChunkCorrupt(KVStoreError):
 
 class VersionConflict(KVStoreError):
     """The manifest's version moved on (someone else committed): re-read and retry."""
+
+
+class TurnInProgress(VersionConflict):
+    """Another holder's turn lease on the session is live (``begin_turn``); retry after it."""
 
 
 class PreconditionFailed(KVStoreError):

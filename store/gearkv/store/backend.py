@@ -5,6 +5,7 @@ Key layout (tenant names and session ids are validated, so they never contain br
     gkv:c:<tenant>:<chunk key>           one chunk value (no hash tag: chunks spread over all slots)
     gkv:s:{<tenant>:<session>}:m         the session's manifest             } one hash tag: a commit is
     gkv:s:{<tenant>:<session>}:h         version, last commit ids, summary  } a single-slot transaction
+    gkv:s:{<tenant>:<session>}:l         the turn lease: holder, id, until, lost }
     gkv:t:{<tenant>}:sessions            sorted set of session ids (a superset; pruned lazily)
     gkv:t:{<tenant>}:ledger|sizes|usage  chunk byte accounting for quotas and stats
 """
@@ -26,6 +27,10 @@ def manifest_redis_key(tenant: str, session_id: str) -> str:
 
 def session_meta_redis_key(tenant: str, session_id: str) -> str:
     return f"gkv:s:{{{tenant}:{session_id}}}:h"
+
+
+def lease_redis_key(tenant: str, session_id: str) -> str:
+    return f"gkv:s:{{{tenant}:{session_id}}}:l"
 
 
 def tenant_redis_key(tenant: str, what: str) -> str:
@@ -56,6 +61,17 @@ class CommitOutcome:
 
     version: int
     applied: bool
+
+
+@dataclass(frozen=True)
+class TurnStart:
+    """What BeginTurn learns: the session's version, its manifest (None when unchanged or absent) and
+    whether an earlier turn's lease expired uncommitted (``abandoned_holder`` held it)."""
+
+    version: int
+    manifest: bytes | None
+    abandoned: bool = False
+    abandoned_holder: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,6 +130,24 @@ class Backend(Protocol):
         """The manifest value (TTLs refreshed), or None."""
         ...
 
+    async def begin_turn(
+        self,
+        tenant: str,
+        session_id: str,
+        *,
+        holder: str,
+        lease_id: str,
+        lease_ms: int,
+        known_version: int,
+        ttl_ms: int,
+    ) -> TurnStart:
+        """Take or renew the session's turn lease (raises Aborted while another holder's is live)."""
+        ...
+
+    async def end_turn(self, tenant: str, session_id: str, lease_id: str) -> None:
+        """Give the lease back if it is still ``lease_id`` (an abandoned mark outlives it)."""
+        ...
+
     async def commit_session(
         self,
         tenant: str,
@@ -124,8 +158,13 @@ class Backend(Protocol):
         manifest: bytes,
         summary: SessionSummary,
         ttl_ms: int,
+        holder: str = "",
+        lease_id: str = "",
     ) -> CommitOutcome:
-        """Compare-and-set the manifest (raises Aborted on a version mismatch)."""
+        """Compare-and-set the manifest; gives back ``lease_id`` when it is the session's lease.
+
+        Raises Aborted on a version mismatch, or (with a ``holder``) while another holder's lease is live.
+        """
         ...
 
     async def delete_session(self, tenant: str, session_id: str) -> bool:

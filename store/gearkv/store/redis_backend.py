@@ -24,7 +24,9 @@ from gearkv.store.backend import (
     CommitOutcome,
     SessionSummary,
     TenantUsage,
+    TurnStart,
     chunk_redis_key,
+    lease_redis_key,
     manifest_redis_key,
     session_meta_redis_key,
     tenant_redis_key,
@@ -104,11 +106,21 @@ end
 return 0
 """
 
+# Milliseconds on the Redis server's clock: leases of every store replica share one clock.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
 # The hash keeps the last COMMIT_IDS_KEPT commit ids as fields c<version>, so it does not grow with
 # the session's turns.
-# Compare-and-set commit of one session (KEYS share a hash tag: one slot, atomic).
+# Compare-and-set commit of one session (KEYS share a hash tag: one slot, atomic). A live lease of
+# another holder refuses it ({3, holder, ms left}); the commit gives back its own lease.
+# KEYS: manifest, meta, lease. ARGV: expected, commit id, manifest, ttl, turns, tokens, raw, stored,
+# updated, holder, lease id.
 _COMMIT = (
     f"local KEPT = {COMMIT_IDS_KEPT}\n"
+    + _NOW
     + """
 local cur = 0
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -116,6 +128,10 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 for i = cur, math.max(1, cur - KEPT + 1), -1 do
   if redis.call('HGET', KEYS[2], 'c' .. i) == ARGV[2] then return {1, i} end
+end
+local l = redis.call('HMGET', KEYS[3], 'holder', 'id', 'until')
+if ARGV[10] ~= '' and l[1] and l[1] ~= ARGV[10] and tonumber(l[3]) > now then
+  return {3, l[1], tonumber(l[3]) - now}
 end
 if cur ~= tonumber(ARGV[1]) then return {0, cur} end
 local v = cur + 1
@@ -125,9 +141,55 @@ if v > KEPT then redis.call('HDEL', KEYS[2], 'c' .. (v - KEPT)) end
 redis.call('HSET', KEYS[2], 'v', v, 'c' .. v, ARGV[2], 'ttl', ARGV[4], 'turns', ARGV[5],
   'tokens', ARGV[6], 'raw', ARGV[7], 'stored', ARGV[8], 'updated', ARGV[9])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
+if l[2] and ARGV[11] ~= '' and l[2] == ARGV[11] then redis.call('DEL', KEYS[3]) end
 return {2, v}
 """
 )
+
+# Take or renew a session's turn lease and read its version (and manifest when it changed).
+# KEYS: manifest, meta, lease. ARGV: holder, lease id, lease ms, known version, default session ttl.
+# Returns {0, holder, ms left} while another holder's lease is live, else
+# {1, version, abandoned (0/1), abandoned holder, manifest or ''}. A lease that expired without a
+# commit or EndTurn (another id) marks its turn abandoned; the mark ('lost') passes to the new lease
+# until a commit deletes the lease.
+_BEGIN_TURN = (
+    _NOW
+    + """
+local l = redis.call('HMGET', KEYS[3], 'holder', 'id', 'until', 'lost', 'lost_holder')
+local lost, lost_holder = 0, ''
+if l[1] then
+  local live = tonumber(l[3]) > now
+  if live and l[1] ~= ARGV[1] then return {0, l[1], tonumber(l[3]) - now} end
+  if l[4] == '1' then lost, lost_holder = 1, l[5] or '' end
+  if not live and l[2] ~= ARGV[2] then lost, lost_holder = 1, l[1] end
+end
+local lease_ms = tonumber(ARGV[3])
+local cur, m = 0, ''
+local ttl = tonumber(ARGV[5])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  cur = tonumber(redis.call('HGET', KEYS[2], 'v') or '0')
+  ttl = tonumber(redis.call('HGET', KEYS[2], 'ttl') or ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  if cur ~= tonumber(ARGV[4]) then m = redis.call('GET', KEYS[1]) end
+end
+redis.call('HSET', KEYS[3], 'holder', ARGV[1], 'id', ARGV[2], 'until', now + lease_ms,
+  'lost', lost, 'lost_holder', lost_holder)
+redis.call('PEXPIRE', KEYS[3], math.max(ttl, 2 * lease_ms))
+return {1, cur, lost, lost_holder, m}
+"""
+)
+
+# Give a lease back (only if it is still ARGV[1]); an abandoned mark stays, as an expired lease.
+_END_TURN = """
+if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'lost') == '1' then
+  redis.call('HSET', KEYS[1], 'until', 0, 'id', '')
+else
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"""
 
 # Read a manifest and refresh both session keys with the session's own TTL.
 _TOUCH_SESSION = """
@@ -141,7 +203,7 @@ return m
 
 _DELETE_SESSION = """
 local existed = redis.call('EXISTS', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 return existed
 """
 
@@ -183,6 +245,17 @@ def _cluster_url(url: str) -> str:
     return url.replace("redis+cluster://", "redis://", 1).replace("rediss+cluster://", "rediss://", 1)
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
+def _leased_message(holder: Any, ms_left: Any) -> str:
+    return (
+        f"the session has a turn running on another worker ({_text(holder)!r}, lease "
+        f"{int(ms_left)} ms left); retry after it"
+    )
+
+
 def _int(value: Any) -> int:
     return int(value) if value is not None else 0
 
@@ -219,6 +292,8 @@ class RedisBackend:
         self._settle = self._client.register_script(_SETTLE)
         self._commit = self._client.register_script(_COMMIT)
         self._touch_session = self._client.register_script(_TOUCH_SESSION)
+        self._begin_turn = self._client.register_script(_BEGIN_TURN)
+        self._end_turn = self._client.register_script(_END_TURN)
         self._delete_session = self._client.register_script(_DELETE_SESSION)
 
     # -- the one place Redis errors are handled ---------------------------------------------------
@@ -401,26 +476,72 @@ class RedisBackend:
         manifest: bytes,
         summary: SessionSummary,
         ttl_ms: int,
+        holder: str = "",
+        lease_id: str = "",
     ) -> CommitOutcome:
-        keys = [manifest_redis_key(tenant, session_id), session_meta_redis_key(tenant, session_id)]
+        keys = self._session_keys(tenant, session_id)
         index = tenant_redis_key(tenant, "sessions")
         args: list[Any] = [expected_version, commit_id, manifest, ttl_ms, summary.turns, summary.tokens]
-        args += [summary.raw_bytes, summary.stored_bytes, summary.updated_ms]
+        args += [summary.raw_bytes, summary.stored_bytes, summary.updated_ms, holder, lease_id]
 
         async def run() -> CommitOutcome:
             # Index first: it is a superset of the live sessions (entries without a manifest are pruned).
             await self._client.zadd(index, {session_id: 0})
-            status, version = await self._commit(keys=keys, args=args)
-            if int(status) == 0:
-                raise Aborted(
-                    f"expected_version {expected_version} does not match the session's version {int(version)}"
-                )
-            return CommitOutcome(version=int(version), applied=int(status) == 2)
+            reply = await self._commit(keys=keys, args=args)
+            status = int(reply[0])
+            if status == 3:
+                raise Aborted(_leased_message(reply[1], reply[2]))
+            if status == 0:
+                current = int(reply[1])
+                raise Aborted(f"expected_version {expected_version} does not match the version {current}")
+            return CommitOutcome(version=int(reply[1]), applied=status == 2)
 
         return await self._call("commit_session", run)
 
+    async def begin_turn(
+        self,
+        tenant: str,
+        session_id: str,
+        *,
+        holder: str,
+        lease_id: str,
+        lease_ms: int,
+        known_version: int,
+        ttl_ms: int,
+    ) -> TurnStart:
+        keys = self._session_keys(tenant, session_id)
+        args: list[Any] = [holder, lease_id, lease_ms, known_version, ttl_ms]
+
+        async def run() -> TurnStart:
+            reply = await self._begin_turn(keys=keys, args=args)
+            if int(reply[0]) == 0:
+                raise Aborted(_leased_message(reply[1], reply[2]))
+            _, version, lost, lost_holder, manifest = reply
+            return TurnStart(
+                version=int(version),
+                manifest=bytes(manifest) if manifest else None,
+                abandoned=int(lost) == 1,
+                abandoned_holder=_text(lost_holder),
+            )
+
+        return await self._call("begin_turn", run)
+
+    async def end_turn(self, tenant: str, session_id: str, lease_id: str) -> None:
+        async def run() -> None:
+            await self._end_turn(keys=[lease_redis_key(tenant, session_id)], args=[lease_id])
+
+        await self._call("end_turn", run)
+
+    @staticmethod
+    def _session_keys(tenant: str, session_id: str) -> list[str]:
+        return [
+            manifest_redis_key(tenant, session_id),
+            session_meta_redis_key(tenant, session_id),
+            lease_redis_key(tenant, session_id),
+        ]
+
     async def delete_session(self, tenant: str, session_id: str) -> bool:
-        keys = [manifest_redis_key(tenant, session_id), session_meta_redis_key(tenant, session_id)]
+        keys = self._session_keys(tenant, session_id)
 
         async def run() -> bool:
             existed = await self._delete_session(keys=keys, args=[])

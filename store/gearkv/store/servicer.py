@@ -66,8 +66,9 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
 
     async def _load_manifest(self, tenant: str, session_id: str) -> pb.Manifest | None:
         raw = await self._backend.get_session(tenant, session_id, self._session_ttl_ms())
-        if raw is None:
-            return None
+        return None if raw is None else self._decode_manifest(raw)
+
+    def _decode_manifest(self, raw: bytes) -> pb.Manifest:
         try:
             return validation.decode_manifest(raw)
         except DataLoss:
@@ -309,6 +310,8 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
         m = request.manifest
         validation.manifest(m)
         commit_id = validation.commit_id(request.commit_id)
+        holder = validation.optional_id(request.holder, "holder")
+        lease_id = validation.optional_id(request.lease_id, "lease_id")
         expected = request.expected_version
         if expected > _MAX_VERSION:
             raise InvalidArgument(f"expected_version must be <= {_MAX_VERSION}")
@@ -349,8 +352,47 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
             manifest=validation.encode_manifest(new),
             summary=summary,
             ttl_ms=self._session_ttl_ms(request.ttl_s),
+            holder=holder,
+            lease_id=lease_id,
         )
         return pb.CommitTurnResponse(version=outcome.version)
+
+    async def BeginTurn(
+        self, request: pb.BeginTurnRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BeginTurnResponse:
+        tenant = current_tenant()
+        session_id = validation.session_id(request.session_id)
+        holder = validation.commit_id(request.holder, "holder")
+        lease_id = validation.commit_id(request.lease_id, "lease_id")
+        lease_ms = validation.lease_ms(request.lease_ms)
+        if request.known_version > _MAX_VERSION:
+            raise InvalidArgument(f"known_version must be <= {_MAX_VERSION}")
+        start = await self._backend.begin_turn(
+            tenant,
+            session_id,
+            holder=holder,
+            lease_id=lease_id,
+            lease_ms=lease_ms,
+            known_version=request.known_version,
+            ttl_ms=self._session_ttl_ms(),
+        )
+        response = pb.BeginTurnResponse(
+            version=start.version,
+            abandoned_turn=start.abandoned,
+            abandoned_holder=start.abandoned_holder,
+        )
+        if start.manifest is not None:
+            response.manifest.CopyFrom(self._decode_manifest(start.manifest))
+        return response
+
+    async def EndTurn(
+        self, request: pb.EndTurnRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EndTurnResponse:
+        tenant = current_tenant()
+        session_id = validation.session_id(request.session_id)
+        lease_id = validation.commit_id(request.lease_id, "lease_id")
+        await self._backend.end_turn(tenant, session_id, lease_id)
+        return pb.EndTurnResponse()
 
     async def GetSession(
         self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext

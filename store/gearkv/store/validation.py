@@ -49,9 +49,27 @@ def session_id(value: str, field: str = "session_id") -> str:
     return value
 
 
-def commit_id(value: str) -> str:
+def commit_id(value: str, field: str = "commit_id") -> str:
     if not _COMMIT_ID_RE.match(value):
-        raise InvalidArgument("commit_id must be 1-64 printable ASCII chars without spaces")
+        raise InvalidArgument(f"{field} must be 1-64 printable ASCII chars without spaces")
+    return value
+
+
+def optional_id(value: str, field: str) -> str:
+    """A lease holder or lease id: empty, or shaped like a commit id."""
+    return commit_id(value, field) if value else ""
+
+
+DEFAULT_LEASE_MS = 30_000
+MIN_LEASE_MS = 100
+MAX_LEASE_MS = 600_000
+
+
+def lease_ms(value: int) -> int:
+    if value == 0:
+        return DEFAULT_LEASE_MS
+    if not MIN_LEASE_MS <= value <= MAX_LEASE_MS:
+        raise InvalidArgument(f"lease_ms must be {MIN_LEASE_MS}-{MAX_LEASE_MS} (0 = {DEFAULT_LEASE_MS})")
     return value
 
 

@@ -490,12 +490,17 @@ class CommitTurnRequest(_message.Message):
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     COMMIT_ID_FIELD_NUMBER: _builtins.int
     TTL_S_FIELD_NUMBER: _builtins.int
+    HOLDER_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
     expected_version: _builtins.int
     """The version the caller read (0 when creating the session)."""
     commit_id: _builtins.str
     """Caller-chosen id of this commit attempt (1-64 chars); retries reuse it."""
     ttl_s: _builtins.int
     """Session TTL in seconds; 0 = the server's default."""
+    holder: _builtins.str
+    """The turn lease this commit belongs to (see BeginTurn); both optional, each 1-64 printable chars."""
+    lease_id: _builtins.str
     @_builtins.property
     def manifest(self) -> Global___Manifest: ...
     def __init__(
@@ -505,14 +510,123 @@ class CommitTurnRequest(_message.Message):
         expected_version: _builtins.int = ...,
         commit_id: _builtins.str = ...,
         ttl_s: _builtins.int = ...,
+        holder: _builtins.str = ...,
+        lease_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit_id", b"commit_id", "expected_version", b"expected_version", "manifest", b"manifest", "ttl_s", b"ttl_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit_id", b"commit_id", "expected_version", b"expected_version", "holder", b"holder", "lease_id", b"lease_id", "manifest", b"manifest", "ttl_s", b"ttl_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CommitTurnRequest: _TypeAlias = CommitTurnRequest  # noqa: Y015
+
+@_typing.final
+class BeginTurnRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    HOLDER_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    LEASE_MS_FIELD_NUMBER: _builtins.int
+    KNOWN_VERSION_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """1-128 chars of [A-Za-z0-9._:-]."""
+    holder: _builtins.str
+    """Who runs the turn (a worker instance id), 1-64 printable ASCII chars without spaces."""
+    lease_id: _builtins.str
+    """This turn's lease id (caller-chosen, 1-64 printable ASCII chars without spaces)."""
+    lease_ms: _builtins.int
+    """Lease lifetime in ms unless renewed, 100-600000; 0 = 30000."""
+    known_version: _builtins.int
+    """The manifest version the caller already holds; the manifest is sent only when it differs."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        holder: _builtins.str = ...,
+        lease_id: _builtins.str = ...,
+        lease_ms: _builtins.int = ...,
+        known_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holder", b"holder", "known_version", b"known_version", "lease_id", b"lease_id", "lease_ms", b"lease_ms", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BeginTurnRequest: _TypeAlias = BeginTurnRequest  # noqa: Y015
+
+@_typing.final
+class BeginTurnResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    MANIFEST_FIELD_NUMBER: _builtins.int
+    ABANDONED_TURN_FIELD_NUMBER: _builtins.int
+    ABANDONED_HOLDER_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The session's current version (0: no session)."""
+    abandoned_turn: _builtins.bool
+    """A previous turn's lease expired without a commit or EndTurn (see BeginTurn)."""
+    abandoned_holder: _builtins.str
+    """The holder of that abandoned lease."""
+    @_builtins.property
+    def manifest(self) -> Global___Manifest:
+        """The current manifest, when the session exists and its version differs from known_version."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        manifest: Global___Manifest | None = ...,
+        abandoned_turn: _builtins.bool = ...,
+        abandoned_holder: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandoned_holder", b"abandoned_holder", "abandoned_turn", b"abandoned_turn", "manifest", b"manifest", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BeginTurnResponse: _TypeAlias = BeginTurnResponse  # noqa: Y015
+
+@_typing.final
+class EndTurnRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    lease_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        lease_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndTurnRequest: _TypeAlias = EndTurnRequest  # noqa: Y015
+
+@_typing.final
+class EndTurnResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndTurnResponse: _TypeAlias = EndTurnResponse  # noqa: Y015
 
 @_typing.final
 class CommitTurnResponse(_message.Message):

@@ -59,6 +59,16 @@ class KVStoreStub:
                 request_serializer=gearkv_dot_api_dot_v1_dot_kvstore__pb2.LookupPrefixRequest.SerializeToString,
                 response_deserializer=gearkv_dot_api_dot_v1_dot_kvstore__pb2.LookupPrefixResponse.FromString,
                 _registered_method=True)
+        self.BeginTurn = channel.unary_unary(
+                '/gearkv.api.v1.KVStore/BeginTurn',
+                request_serializer=gearkv_dot_api_dot_v1_dot_kvstore__pb2.BeginTurnRequest.SerializeToString,
+                response_deserializer=gearkv_dot_api_dot_v1_dot_kvstore__pb2.BeginTurnResponse.FromString,
+                _registered_method=True)
+        self.EndTurn = channel.unary_unary(
+                '/gearkv.api.v1.KVStore/EndTurn',
+                request_serializer=gearkv_dot_api_dot_v1_dot_kvstore__pb2.EndTurnRequest.SerializeToString,
+                response_deserializer=gearkv_dot_api_dot_v1_dot_kvstore__pb2.EndTurnResponse.FromString,
+                _registered_method=True)
         self.CommitTurn = channel.unary_unary(
                 '/gearkv.api.v1.KVStore/CommitTurn',
                 request_serializer=gearkv_dot_api_dot_v1_dot_kvstore__pb2.CommitTurnRequest.SerializeToString,
@@ -141,10 +151,37 @@ class KVStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BeginTurn(self, request, context):
+        """Start a turn of a session: take (or renew) its turn lease and read its current version, and its
+        manifest when that differs from `known_version`: one round trip in place of GetSession.
+        A session has at most one live lease, so two workers never run turns of one session at once
+        (each would answer on a history the other's commit then replaces). The lease lives `lease_ms`
+        unless renewed (BeginTurn again with the same holder and lease_id); CommitTurn naming it, or
+        EndTurn, gives it back. The same holder may hand its lease over to a new lease_id (its next turn).
+        `abandoned_turn` is set when a previous turn's lease expired without a commit or an EndTurn: that
+        turn may have been answered and lost (its worker died, or could not reach the store), so a turn
+        resumed on this history must not call itself a full hit. The flag stays until a commit.
+        Errors: ABORTED (another holder's lease is live; the message says for how long), NOT_FOUND never.
+        Idempotent for a retry with the same holder and lease_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndTurn(self, request, context):
+        """Give a turn lease back without a commit (the turn was cancelled or failed before it answered).
+        A lease that is not (or no longer) the session's is ignored. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CommitTurn(self, request, context):
         """Commit a turn: replace the session's manifest if its current version equals
         `expected_version` (0 = the session must not exist yet). Every chunk the manifest references
         must exist, else FAILED_PRECONDITION (names the first missing chunk) and nothing changes.
+        With `holder` set the commit is refused (ABORTED) while another holder's lease is live, and
+        `lease_id`, when it is the session's lease, is given back by the commit.
         Errors: ABORTED (version mismatch: someone else committed; re-read and retry),
         FAILED_PRECONDITION (missing chunk), INVALID_ARGUMENT (malformed manifest).
         Idempotent when retried with the same `commit_id`: a retry of one of the session's last 16
@@ -211,6 +248,16 @@ def add_KVStoreServicer_to_server(servicer, server):
                     servicer.LookupPrefix,
                     request_deserializer=gearkv_dot_api_dot_v1_dot_kvstore__pb2.LookupPrefixRequest.FromString,
                     response_serializer=gearkv_dot_api_dot_v1_dot_kvstore__pb2.LookupPrefixResponse.SerializeToString,
+            ),
+            'BeginTurn': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginTurn,
+                    request_deserializer=gearkv_dot_api_dot_v1_dot_kvstore__pb2.BeginTurnRequest.FromString,
+                    response_serializer=gearkv_dot_api_dot_v1_dot_kvstore__pb2.BeginTurnResponse.SerializeToString,
+            ),
+            'EndTurn': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndTurn,
+                    request_deserializer=gearkv_dot_api_dot_v1_dot_kvstore__pb2.EndTurnRequest.FromString,
+                    response_serializer=gearkv_dot_api_dot_v1_dot_kvstore__pb2.EndTurnResponse.SerializeToString,
             ),
             'CommitTurn': grpc.unary_unary_rpc_method_handler(
                     servicer.CommitTurn,
@@ -373,6 +420,60 @@ class KVStore:
             '/gearkv.api.v1.KVStore/LookupPrefix',
             gearkv_dot_api_dot_v1_dot_kvstore__pb2.LookupPrefixRequest.SerializeToString,
             gearkv_dot_api_dot_v1_dot_kvstore__pb2.LookupPrefixResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginTurn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gearkv.api.v1.KVStore/BeginTurn',
+            gearkv_dot_api_dot_v1_dot_kvstore__pb2.BeginTurnRequest.SerializeToString,
+            gearkv_dot_api_dot_v1_dot_kvstore__pb2.BeginTurnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndTurn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gearkv.api.v1.KVStore/EndTurn',
+            gearkv_dot_api_dot_v1_dot_kvstore__pb2.EndTurnRequest.SerializeToString,
+            gearkv_dot_api_dot_v1_dot_kvstore__pb2.EndTurnResponse.FromString,
             options,
             channel_credentials,
             insecure,

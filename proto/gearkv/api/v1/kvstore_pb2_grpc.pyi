@@ -83,10 +83,29 @@ class KVStoreStub:
     `matched_tokens` may end inside the last returned chunk (a turn edited mid-chunk): the caller
     uses only the first `matched_tokens` positions. Idempotent, read-only.
     """
+    BeginTurn: _grpc.UnaryUnaryMultiCallable[_kvstore_pb2.BeginTurnRequest, _kvstore_pb2.BeginTurnResponse]
+    """Start a turn of a session: take (or renew) its turn lease and read its current version, and its
+    manifest when that differs from `known_version`: one round trip in place of GetSession.
+    A session has at most one live lease, so two workers never run turns of one session at once
+    (each would answer on a history the other's commit then replaces). The lease lives `lease_ms`
+    unless renewed (BeginTurn again with the same holder and lease_id); CommitTurn naming it, or
+    EndTurn, gives it back. The same holder may hand its lease over to a new lease_id (its next turn).
+    `abandoned_turn` is set when a previous turn's lease expired without a commit or an EndTurn: that
+    turn may have been answered and lost (its worker died, or could not reach the store), so a turn
+    resumed on this history must not call itself a full hit. The flag stays until a commit.
+    Errors: ABORTED (another holder's lease is live; the message says for how long), NOT_FOUND never.
+    Idempotent for a retry with the same holder and lease_id.
+    """
+    EndTurn: _grpc.UnaryUnaryMultiCallable[_kvstore_pb2.EndTurnRequest, _kvstore_pb2.EndTurnResponse]
+    """Give a turn lease back without a commit (the turn was cancelled or failed before it answered).
+    A lease that is not (or no longer) the session's is ignored. Idempotent.
+    """
     CommitTurn: _grpc.UnaryUnaryMultiCallable[_kvstore_pb2.CommitTurnRequest, _kvstore_pb2.CommitTurnResponse]
     """Commit a turn: replace the session's manifest if its current version equals
     `expected_version` (0 = the session must not exist yet). Every chunk the manifest references
     must exist, else FAILED_PRECONDITION (names the first missing chunk) and nothing changes.
+    With `holder` set the commit is refused (ABORTED) while another holder's lease is live, and
+    `lease_id`, when it is the session's lease, is given back by the commit.
     Errors: ABORTED (version mismatch: someone else committed; re-read and retry),
     FAILED_PRECONDITION (missing chunk), INVALID_ARGUMENT (malformed manifest).
     Idempotent when retried with the same `commit_id`: a retry of one of the session's last 16
@@ -139,10 +158,29 @@ class KVStoreAsyncStub(KVStoreStub):
     `matched_tokens` may end inside the last returned chunk (a turn edited mid-chunk): the caller
     uses only the first `matched_tokens` positions. Idempotent, read-only.
     """
+    BeginTurn: _aio.UnaryUnaryMultiCallable[_kvstore_pb2.BeginTurnRequest, _kvstore_pb2.BeginTurnResponse]  # type: ignore[assignment]
+    """Start a turn of a session: take (or renew) its turn lease and read its current version, and its
+    manifest when that differs from `known_version`: one round trip in place of GetSession.
+    A session has at most one live lease, so two workers never run turns of one session at once
+    (each would answer on a history the other's commit then replaces). The lease lives `lease_ms`
+    unless renewed (BeginTurn again with the same holder and lease_id); CommitTurn naming it, or
+    EndTurn, gives it back. The same holder may hand its lease over to a new lease_id (its next turn).
+    `abandoned_turn` is set when a previous turn's lease expired without a commit or an EndTurn: that
+    turn may have been answered and lost (its worker died, or could not reach the store), so a turn
+    resumed on this history must not call itself a full hit. The flag stays until a commit.
+    Errors: ABORTED (another holder's lease is live; the message says for how long), NOT_FOUND never.
+    Idempotent for a retry with the same holder and lease_id.
+    """
+    EndTurn: _aio.UnaryUnaryMultiCallable[_kvstore_pb2.EndTurnRequest, _kvstore_pb2.EndTurnResponse]  # type: ignore[assignment]
+    """Give a turn lease back without a commit (the turn was cancelled or failed before it answered).
+    A lease that is not (or no longer) the session's is ignored. Idempotent.
+    """
     CommitTurn: _aio.UnaryUnaryMultiCallable[_kvstore_pb2.CommitTurnRequest, _kvstore_pb2.CommitTurnResponse]  # type: ignore[assignment]
     """Commit a turn: replace the session's manifest if its current version equals
     `expected_version` (0 = the session must not exist yet). Every chunk the manifest references
     must exist, else FAILED_PRECONDITION (names the first missing chunk) and nothing changes.
+    With `holder` set the commit is refused (ABORTED) while another holder's lease is live, and
+    `lease_id`, when it is the session's lease, is given back by the commit.
     Errors: ABORTED (version mismatch: someone else committed; re-read and retry),
     FAILED_PRECONDITION (missing chunk), INVALID_ARGUMENT (malformed manifest).
     Idempotent when retried with the same `commit_id`: a retry of one of the session's last 16
@@ -224,6 +262,35 @@ class KVStoreServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def BeginTurn(
+        self,
+        request: _kvstore_pb2.BeginTurnRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kvstore_pb2.BeginTurnResponse, _abc.Awaitable[_kvstore_pb2.BeginTurnResponse]]:
+        """Start a turn of a session: take (or renew) its turn lease and read its current version, and its
+        manifest when that differs from `known_version`: one round trip in place of GetSession.
+        A session has at most one live lease, so two workers never run turns of one session at once
+        (each would answer on a history the other's commit then replaces). The lease lives `lease_ms`
+        unless renewed (BeginTurn again with the same holder and lease_id); CommitTurn naming it, or
+        EndTurn, gives it back. The same holder may hand its lease over to a new lease_id (its next turn).
+        `abandoned_turn` is set when a previous turn's lease expired without a commit or an EndTurn: that
+        turn may have been answered and lost (its worker died, or could not reach the store), so a turn
+        resumed on this history must not call itself a full hit. The flag stays until a commit.
+        Errors: ABORTED (another holder's lease is live; the message says for how long), NOT_FOUND never.
+        Idempotent for a retry with the same holder and lease_id.
+        """
+
+    @_abc_1.abstractmethod
+    def EndTurn(
+        self,
+        request: _kvstore_pb2.EndTurnRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kvstore_pb2.EndTurnResponse, _abc.Awaitable[_kvstore_pb2.EndTurnResponse]]:
+        """Give a turn lease back without a commit (the turn was cancelled or failed before it answered).
+        A lease that is not (or no longer) the session's is ignored. Idempotent.
+        """
+
+    @_abc_1.abstractmethod
     def CommitTurn(
         self,
         request: _kvstore_pb2.CommitTurnRequest,
@@ -232,6 +299,8 @@ class KVStoreServicer(metaclass=_abc_1.ABCMeta):
         """Commit a turn: replace the session's manifest if its current version equals
         `expected_version` (0 = the session must not exist yet). Every chunk the manifest references
         must exist, else FAILED_PRECONDITION (names the first missing chunk) and nothing changes.
+        With `holder` set the commit is refused (ABORTED) while another holder's lease is live, and
+        `lease_id`, when it is the session's lease, is given back by the commit.
         Errors: ABORTED (version mismatch: someone else committed; re-read and retry),
         FAILED_PRECONDITION (missing chunk), INVALID_ARGUMENT (malformed manifest).
         Idempotent when retried with the same `commit_id`: a retry of one of the session's last 16
