@@ -110,3 +110,29 @@ async def test_async_loop_matches_sync_loop() -> None:
     with pytest.raises(InvalidArgument):
         await acall_with_retry(RetryPolicy(attempts=3), fn2, sleep=sleep)
     assert flaky2.seen == [0]
+
+
+def test_a_deadline_stops_retrying_before_it_passes() -> None:
+    import time
+
+    policy = RetryPolicy(backoff=ExponentialJitterBackoff(base=10.0, cap=10.0), attempts=5)
+    fn = Flaky(KVStoreUnavailable("down"), KVStoreUnavailable("down"))
+    slept: list[float] = []
+    with pytest.raises(KVStoreUnavailable):  # the backoff would sleep past the deadline: no retry
+        call_with_retry(policy, fn, sleep=slept.append, deadline=time.monotonic() + 5.0)
+    assert fn.seen == [0] and slept == []
+    fn = Flaky(KVStoreUnavailable("down"))
+    assert call_with_retry(policy, fn, sleep=slept.append, deadline=time.monotonic() + 60.0) == 1
+
+
+def test_timeout_bounds_the_whole_call_with_retries() -> None:
+    import time
+
+    from gearkv.client import KVStoreClient
+    from gearkv.store.local import free_port
+
+    with KVStoreClient(f"127.0.0.1:{free_port()}", timeout=0.6, retry=RetryPolicy(attempts=50)) as client:
+        t0 = time.monotonic()
+        with pytest.raises((KVStoreUnavailable, KVStoreTimeout)):
+            client.stats()
+        assert time.monotonic() - t0 < 1.5  # 50 attempts, yet the call ends near its 0.6 s timeout

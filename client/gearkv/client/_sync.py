@@ -64,7 +64,8 @@ class KVStoreClient(KVStoreClientBase):
     Args:
         target: ``host:port``, ``grpc://host:port`` or ``grpcs://host:port``.
         token: the tenant's bearer token.
-        timeout: default per-call deadline in seconds.
+        timeout: default deadline of a call in seconds; for unary calls it bounds the whole call,
+            retries and backoff included (a chunk upload or download bounds each attempt).
         tls: TLS / mutual TLS options (implied with system roots by ``grpcs://``).
         retry: retry policy for idempotent calls (default: 3 attempts on UNAVAILABLE/DEADLINE).
         verify_digest: recompute each pulled chunk's XXH3-128 digest (default; ~0.03 ms per MiB).

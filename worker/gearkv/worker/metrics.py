@@ -24,6 +24,8 @@ REASONS = frozenset(
         "prefix_diverged",
         "below_min_reuse",
         "no_store",
+        "store_timeout",
+        "history_lost",
         "other",
     }
 )

@@ -82,7 +82,9 @@ def fault_reason(exc: BaseException) -> str:
         return "codec_mismatch"
     if isinstance(exc, CodecError):
         return "chunk_corrupt"
-    if isinstance(exc, (errors.KVStoreUnavailable, errors.KVStoreTimeout)):
+    if isinstance(exc, errors.KVStoreTimeout):
+        return "store_timeout"
+    if isinstance(exc, errors.KVStoreUnavailable):
         return "store_unavailable"
     return "store_error"
 
@@ -216,11 +218,15 @@ def push_turn(
     attributes: dict[str, str] | None = None,
     chunk_ttl_s: int = 0,
     session_ttl_s: int = 0,
+    commit_id: str | None = None,
+    holder: str = "",
+    lease_id: str = "",
 ) -> PushResult:
     """Compress and upload the chunks of ``token_ids`` not in ``stored``, then commit the manifest.
 
     ``kv`` holds exactly ``token_ids`` positions. Without ``session_id`` the chunks are only uploaded
-    (shared, content-addressed prefixes), nothing is committed.
+    (shared, content-addressed prefixes), nothing is committed. A push retried later passes the same
+    ``commit_id``, so a commit that landed before its answer was lost replays its version.
 
     Raises:
         KVStoreError: from the SDK (VersionConflict when someone else committed first).
@@ -260,7 +266,14 @@ def push_turn(
             turns=turns,
             attributes=dict(attributes or {}),
         )
-        out.version = client.commit_turn(manifest, expected_version, ttl_s=session_ttl_s)
+        out.version = client.commit_turn(
+            manifest,
+            expected_version,
+            commit_id,
+            ttl_s=session_ttl_s,
+            holder=holder,
+            lease_id=lease_id,
+        )
         out.committed = True
     out.push_s = time.perf_counter() - t0
     return out
