@@ -340,9 +340,9 @@ async def test_downloads_switch_between_one_message_and_streaming(kv: Both) -> N
 def test_small_chunk_rpcs_over_plain_protobuf(store: StoreHandle) -> None:
     """The one-message RPCs speak ordinary protobuf and enforce their 1 MiB limit."""
     import grpc
+    from gearkv.api.digest import payload_digest
     from gearkv.api.v1 import kvstore_pb2 as pb
     from gearkv.api.v1 import kvstore_pb2_grpc as pb_grpc
-    from gearkv.client.digest import payload_digest
 
     md = (("authorization", f"Bearer {store.tokens['alice']}"),)
     with grpc.insecure_channel(store.address) as channel:

@@ -14,9 +14,9 @@ from pathlib import Path
 import grpc
 import pytest
 import xxhash
+from gearkv.api.keys import Namespace, chain
 from gearkv.api.v1 import kvstore_pb2 as pb
 from gearkv.api.v1 import kvstore_pb2_grpc as pb_grpc
-from gearkv.client.keys import Namespace, chain
 from gearkv.store.local import free_port, health_serving
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc

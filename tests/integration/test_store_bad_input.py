@@ -8,9 +8,9 @@ from typing import Any
 import grpc
 import pytest
 import xxhash
+from gearkv.api.keys import Namespace, chain, chunk_key
 from gearkv.api.v1 import kvstore_pb2 as pb
 from gearkv.api.v1 import kvstore_pb2_grpc as pb_grpc
-from gearkv.client.keys import Namespace, chain, chunk_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.kv import manifest, ns_proto, push_session, put_requests, stub_for

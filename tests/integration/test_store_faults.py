@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
+from gearkv.api.keys import Namespace, chain
 from gearkv.api.v1 import kvstore_pb2 as pb
 from gearkv.api.v1 import kvstore_pb2_grpc as pb_grpc
-from gearkv.client.keys import Namespace, chain
 from gearkv.store.backend import chunk_redis_key, manifest_redis_key
 from gearkv.store.local import health_serving
 from support.kv import (

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from gearkv.api.keys import Namespace
 from gearkv.api.v1 import kvstore_pb2 as pb
 from gearkv.api.v1 import kvstore_pb2_grpc as pb_grpc
-from gearkv.client.keys import Namespace
 from gearkv.store.local import free_port
 from support.kv import code_of, commit, get_chunk, manifest, ns_proto, push_session, put_chunk, stub_for
 from support.redis_procs import RedisServer

@@ -6,7 +6,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gearkv.store.backend import COMMIT_IDS_KEPT, CommitOutcome, SessionSummary, TenantUsage, TurnStart
+from gearkv.api.records import SessionSummary
+from gearkv.store.backend import COMMIT_IDS_KEPT, CommitOutcome, TenantUsage, TurnStart
 from gearkv.store.errors import Aborted, ResourceExhausted
 
 

@@ -7,10 +7,10 @@ import os
 from collections.abc import Iterator, Sequence
 
 import grpc
+from gearkv.api.digest import payload_digest
+from gearkv.api.keys import ChunkSpan, Namespace, chain
 from gearkv.api.v1 import kvstore_pb2 as pb
 from gearkv.api.v1 import kvstore_pb2_grpc as pb_grpc
-from gearkv.client.digest import payload_digest
-from gearkv.client.keys import ChunkSpan, Namespace, chain
 
 PART = 1 << 20
 Metadata = Sequence[tuple[str, str]]

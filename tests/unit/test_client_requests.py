@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import xxhash
 from gearkv.api.v1 import kvstore_pb2 as pb
+from gearkv.api.wire import encode_put_part
 from gearkv.client import ChunkRef, Manifest, Namespace, RetryPolicy, TLSOptions
 from gearkv.client._base import (
     PART_BYTES,
@@ -23,7 +24,6 @@ from gearkv.client._base import (
 from gearkv.client._options import parse_target
 from gearkv.client.errors import ChunkCorrupt, InvalidArgument
 from gearkv.client.keys import chunk_key
-from gearkv.client.wire import encode_put_part
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -53,7 +53,7 @@ def test_split_parts_covers_data_in_order(size: int, part: int) -> None:
 def test_put_messages_header_first_then_parts(size: int) -> None:
     data = bytes(size)
     header, view = Base._put_chunk_header(NS, "", 0, [1, 2, 3], data, raw_bytes=size * 4, ttl_s=0)
-    # What goes on the wire (gearkv.client.wire) is what protobuf itself reads back.
+    # What goes on the wire (gearkv.api.wire) is what protobuf itself reads back.
     msgs = [pb.PutChunkRequest.FromString(encode_put_part(m)) for m in put_chunk_messages(header, view)]
     assert msgs[0].HasField("header") and not any(m.HasField("header") for m in msgs[1:])
     assert all(len(m.data) <= PART_BYTES for m in msgs) and all(m.data for m in msgs)

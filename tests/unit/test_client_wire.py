@@ -1,11 +1,11 @@
-"""gearkv.client.wire: the zero-copy chunk-stream codecs read and write exactly what protobuf does."""
+"""gearkv.api.wire: the zero-copy chunk-stream codecs read and write exactly what protobuf does."""
 
 from __future__ import annotations
 
 import pytest
+from gearkv.api.digest import DIGEST_BYTES, PayloadHasher, payload_digest
 from gearkv.api.v1 import kvstore_pb2 as pb
-from gearkv.client.digest import DIGEST_BYTES, PayloadHasher, payload_digest
-from gearkv.client.wire import (
+from gearkv.api.wire import (
     GetPart,
     PutPart,
     WireError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gearkv.client.errors import GearKVError
+from gearkv.api.errors import GearKVError
 from gearkv.codec import (
     PRESETS,
     Codec,

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from gearkv.api.keys import Namespace, chain
 from gearkv.api.v1 import kvstore_pb2 as pb
-from gearkv.client.keys import Namespace, chain
 from gearkv.store import validation
 from gearkv.store.auth import Authenticator, hash_token, parse_tenants
 from gearkv.store.chunk_format import ChunkMeta, CorruptValue, decode_value, encode_value, payload_digest

@@ -9,9 +9,10 @@ Example::
         put = client.put_chunk(ns, "", 0, token_ids[:256], blob, raw_bytes=raw)
         match = client.lookup_prefix(ns, token_ids)
 
-Errors live in :mod:`gearkv.client.errors`; chunk addresses in :mod:`gearkv.client.keys`. Both, and
-the dataclasses, import without grpc: the clients (and grpc) load on first access, so gearkv.codec and
-the store can share ``errors``/``keys`` without pulling in the SDK's transport.
+Errors live in :mod:`gearkv.client.errors`; chunk addresses in :mod:`gearkv.client.keys` (the API
+contract's :mod:`gearkv.api.keys`, re-exported under its public name). Both, and the dataclasses,
+import without grpc: the clients (and grpc) load on first access. The SDK depends on the contract
+(``gearkv.api``), never the other way round; the store and the codec import nothing from here.
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ from types import TracebackType
 from typing import Any
 
 import grpc
+from gearkv.api import wire
+from gearkv.api.limits import PART_BYTES
 from gearkv.api.v1 import kvstore_pb2 as pb
-from gearkv.client import wire
 from gearkv.client._base import (
-    PART_BYTES,
     BytesLike,
     KVStoreClientBase,
     check_key,

@@ -10,17 +10,21 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from array import array
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import grpc
+from gearkv.api import limits
+from gearkv.api.digest import payload_digest
+from gearkv.api.errors import raising_as
+from gearkv.api.keys import chunk_key
+from gearkv.api.limits import MAX_CHUNK_BYTES, MAX_PAGE_SIZE, MAX_TOKENS, MAX_U32, MAX_U64, PART_BYTES
 from gearkv.api.v1 import kvstore_pb2 as pb
+from gearkv.api.wire import GetPart, PutPart
 from gearkv.client import _convert
 from gearkv.client._models import Manifest, Namespace
 from gearkv.client._options import CHANNEL_OPTIONS, TLSOptions, parse_target
 from gearkv.client._retry import RetryPolicy
-from gearkv.client.digest import payload_digest
 from gearkv.client.errors import (
     ChunkCorrupt,
     InvalidArgument,
@@ -36,21 +40,12 @@ from gearkv.client.errors import (
     Unauthenticated,
     VersionConflict,
 )
-from gearkv.client.keys import chunk_key, is_valid_key, is_valid_session_id
-from gearkv.client.wire import GetPart, PutPart
 
-PART_BYTES = 1024 * 1024  # the API's cap on one stream part
-# What the SDK sends. Against a trivial grpc.aio server 256 KiB parts cost less CPU per MiB than 1 MiB
-# parts, but against the real store (per-part checks, hashing, buffer appends) the total CPU per MiB
-# of client + store came out the same, so uploads use the API's maximum: fewest messages.
+# The API's limits (PART_BYTES: one stream part) live in gearkv.api.limits. What the SDK sends: against
+# a trivial grpc.aio server 256 KiB parts cost less CPU per MiB than 1 MiB parts, but against the real
+# store (per-part checks, hashing, buffer appends) the total CPU per MiB of client + store came out the
+# same, so uploads use the API's maximum: fewest messages.
 UPLOAD_PART_BYTES = PART_BYTES
-MAX_CHUNK_BYTES = 256 * 1024 * 1024
-MAX_LOOKUP_TOKENS = 1_048_576
-MAX_U32 = 2**32 - 1
-MAX_U64 = 2**64 - 1
-MAX_PAGE_SIZE = 1000
-MAX_COMMIT_ID = 64
-MAX_LEASE_MS = 600_000
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_PREFETCH = 4
 
@@ -121,44 +116,14 @@ _LATE_CODES = (None, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.Sta
 
 
 # --------------------------------------------------------------------------------------------------
-# Validation helpers: each error names the field and the limit.
+# Validation: the contract's checks (gearkv.api.limits), raising the SDK's InvalidArgument.
 
-
-def check_key(key: str, field: str = "key") -> str:
-    if not isinstance(key, str) or not is_valid_key(key):
-        raise InvalidArgument(f"{field} must be 64 lowercase hex chars (a chunk content address)")
-    return key
-
-
-def check_session_id(session_id: str, field: str = "session_id") -> str:
-    if not isinstance(session_id, str) or not is_valid_session_id(session_id):
-        raise InvalidArgument(f"{field} must be 1-128 chars of [A-Za-z0-9._:-]")
-    return session_id
-
-
-def check_id(value: str, field: str) -> str:
-    """A commit id, lease id or lease holder: 1-64 printable ASCII chars without spaces."""
-    ok = isinstance(value, str) and 1 <= len(value) <= MAX_COMMIT_ID
-    if not ok or not all(0x21 <= ord(c) <= 0x7E for c in value):
-        raise InvalidArgument(f"{field} must be 1-{MAX_COMMIT_ID} printable ASCII chars without spaces")
-    return value
-
-
-def check_uint(value: int, field: str, limit: int, low: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= limit:
-        raise InvalidArgument(f"{field} must be an integer in {low}..{limit}")
-    return value
-
-
-def check_token_ids(token_ids: Sequence[int], field: str, limit: int) -> list[int]:
-    ids = list(token_ids)
-    if len(ids) > limit:
-        raise InvalidArgument(f"{field} has {len(ids)} entries; the limit is {limit}")
-    try:
-        array("I", ids)  # C-speed range and type check (uint32, as keys.py packs them)
-    except (OverflowError, TypeError) as err:
-        raise InvalidArgument(f"{field} entries must be integers in 0..{MAX_U32}") from err
-    return ids
+check_key = raising_as(InvalidArgument, limits.check_key)
+check_session_id = raising_as(InvalidArgument, limits.check_session_id)
+check_id = raising_as(InvalidArgument, limits.check_id)  # a commit id, lease id or lease holder
+check_uint = raising_as(InvalidArgument, limits.check_uint)
+check_token_ids = raising_as(InvalidArgument, limits.check_token_ids)
+check_lease_ms = raising_as(InvalidArgument, limits.check_lease_ms)
 
 
 def check_timeout(timeout: float | None, default: float) -> float:
@@ -196,7 +161,7 @@ def put_chunk_messages(
 ) -> Iterator[PutPart]:
     """The request stream of one upload: header with the first part, then the remaining parts.
 
-    Parts are views of the caller's buffer; ``gearkv.client.wire`` copies each once onto the wire.
+    Parts are views of the caller's buffer; ``gearkv.api.wire`` copies each once onto the wire.
     """
     parts = split_parts(data, part_bytes)
     yield PutPart(header, next(parts, memoryview(b"")))
@@ -356,7 +321,7 @@ class KVStoreClientBase:
     ) -> pb.LookupPrefixRequest:
         if not isinstance(ns, Namespace):
             raise InvalidArgument("namespace must be a gearkv.client.Namespace")
-        ids = check_token_ids(token_ids, "token_ids", MAX_LOOKUP_TOKENS)
+        ids = check_token_ids(token_ids, "token_ids", MAX_TOKENS)
         sid = check_session_id(session_id) if session_id is not None else ""
         return pb.LookupPrefixRequest(namespace=_convert.namespace_to_pb(ns), token_ids=ids, session_id=sid)
 
@@ -368,7 +333,7 @@ class KVStoreClientBase:
             session_id=check_session_id(session_id),
             holder=check_id(holder, "holder"),
             lease_id=check_id(lease_id, "lease_id"),
-            lease_ms=check_uint(lease_ms, "lease_ms", MAX_LEASE_MS),
+            lease_ms=check_lease_ms(lease_ms),
             known_version=check_uint(known_version, "known_version", MAX_U64),
         )
 
@@ -392,7 +357,7 @@ class KVStoreClientBase:
         check_session_id(manifest.session_id, "manifest.session_id")
         check_uint(expected_version, "expected_version", MAX_U64)
         check_uint(ttl_s, "ttl_s", MAX_U32)
-        check_token_ids(manifest.token_ids, "manifest.token_ids", MAX_LOOKUP_TOKENS)
+        check_token_ids(manifest.token_ids, "manifest.token_ids", MAX_TOKENS)
         for i, ref in enumerate(manifest.chunks):
             check_key(ref.key, f"manifest.chunks[{i}].key")
         if commit_id is None:

@@ -1,7 +1,8 @@
 """Frozen dataclasses mirroring the v1 proto messages the SDK hands out and takes in.
 
 Callers never touch generated protobuf classes; ``_convert`` is the one place that maps between the
-two. Sequences are tuples (lists passed in are converted), attributes a plain dict.
+two. Sequences are tuples (lists passed in are converted), attributes a plain dict. ``Namespace`` and
+``SessionSummary`` are the API contract's own (gearkv.api.keys, gearkv.api.records), shared with the store.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from gearkv.client.keys import Namespace
+from gearkv.api.keys import Namespace
+from gearkv.api.records import SessionSummary
 
 __all__ = [
     "ChatMessage",
@@ -97,19 +99,6 @@ class PutChunkResult:
     key: str
     deduplicated: bool
     stored_bytes: int
-
-
-@dataclass(frozen=True)
-class SessionSummary:
-    """One row of ``list_sessions``."""
-
-    session_id: str
-    version: int
-    turns: int
-    tokens: int
-    raw_bytes: int
-    stored_bytes: int
-    updated_ms: int
 
 
 @dataclass(frozen=True)

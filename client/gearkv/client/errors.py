@@ -2,11 +2,14 @@
 
 Every failure of a store call reaches the caller as one of these; ``grpc.RpcError`` is translated in
 exactly one place (``gearkv.client._base.map_rpc_errors``) with ``raise ... from err``, so the original
-status stays available as ``__cause__``. This module imports neither grpc nor redis.
+status stays available as ``__cause__``; a value the API contract forbids
+(:class:`gearkv.api.errors.InvalidField`) is raised as ``InvalidArgument`` before anything is sent.
+This module imports neither grpc nor redis.
 
 ::
 
-    GearKVError                      root of everything GearKV raises on purpose
+    GearKVError                      root of everything GearKV raises on purpose (gearkv.api.errors;
+    │                                gearkv.codec.CodecError derives from it too)
     └── KVStoreError                 a store call failed (.code = gRPC status name or None)
         ├── KVStoreUnavailable       UNAVAILABLE, CANCELLED: store/Redis unreachable (retried)
         │   └── KVStoreOverloaded    RESOURCE_EXHAUSTED from load shedding (retried)
@@ -35,6 +38,8 @@ Example::
 
 from __future__ import annotations
 
+from gearkv.api.errors import GearKVError
+
 __all__ = [
     "ChunkCorrupt",
     "ChunkNotFound",
@@ -54,10 +59,6 @@ __all__ = [
     "Unauthenticated",
     "VersionConflict",
 ]
-
-
-class GearKVError(Exception):
-    """Root of every error GearKV raises on purpose (store calls and, in gearkv.codec, codec errors)."""
 
 
 class KVStoreError(GearKVError):

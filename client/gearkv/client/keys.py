@@ -1,108 +1,34 @@
-"""Content addresses of KV chunks: a blake2b chain over the namespace and every token id.
+"""Chunk addresses, under the SDK's public name: a re-export of :mod:`gearkv.api.keys`.
 
-Pure functions shared by the SDK (which names the chunks it writes), the store (which verifies a
-written key and walks the chain in LookupPrefix) and the worker. A chunk's key depends on the model
-fingerprint, the codec id, the chunk size and *all* token ids from the session start to the chunk's
-end, so equal prefixes give equal keys (deduplication) and nothing else does.
-
-    ns   = H("gearkv/ns/v1" | fingerprint | codec_id | chunk_size)
-    k_0  = H(ns  | start=0 | token ids of chunk 0)
-    k_i  = H(k_{i-1} | start | token ids of chunk i)
-
-H is blake2b-256; integers are little-endian uint32. Never Python's salted ``hash()``.
+``from gearkv.client import keys`` then ``keys.chain(ns, token_ids)`` names the chunks of a session;
+the functions and classes here are the contract's own (``gearkv.client.keys.Namespace is
+gearkv.api.keys.Namespace``), so the SDK and the store can never disagree on a key.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
-import struct
-from array import array
-from collections.abc import Sequence
-from dataclasses import dataclass
+from gearkv.api.keys import (
+    KEY_HEX_LEN,
+    MAX_CHUNK_SIZE,
+    MAX_TOKEN_ID,
+    SESSION_ID_RE,
+    ChunkSpan,
+    Namespace,
+    chain,
+    chunk_key,
+    is_valid_key,
+    is_valid_session_id,
+)
 
-KEY_HEX_LEN = 64
-MAX_TOKEN_ID = 2**32 - 1
-_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
-_FINGERPRINT_RE = re.compile(r"^[0-9A-Za-z._:\-]{1,128}$")
-_CODEC_ID_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
-SESSION_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-MAX_CHUNK_SIZE = 65536
-
-
-@dataclass(frozen=True)
-class Namespace:
-    """What produced a chunk's bytes; KV is reused only under an identical namespace."""
-
-    fingerprint: str
-    codec_id: str
-    chunk_size: int
-
-    def __post_init__(self) -> None:
-        if not _FINGERPRINT_RE.fullmatch(self.fingerprint):
-            raise ValueError("namespace.fingerprint must be 1-128 chars of [0-9A-Za-z._:-]")
-        if not _CODEC_ID_RE.fullmatch(self.codec_id):
-            raise ValueError("namespace.codec_id must be 1-128 printable ASCII chars without spaces")
-        if not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
-            raise ValueError(f"namespace.chunk_size must be in 1..{MAX_CHUNK_SIZE}")
-
-    def digest(self) -> bytes:
-        h = hashlib.blake2b(digest_size=32)
-        h.update(b"gearkv/ns/v1\0")
-        h.update(self.fingerprint.encode() + b"\0" + self.codec_id.encode() + b"\0")
-        h.update(struct.pack("<I", self.chunk_size))
-        return h.digest()
-
-
-def is_valid_key(key: str) -> bool:
-    return bool(_KEY_RE.fullmatch(key))
-
-
-def is_valid_session_id(session_id: str) -> bool:
-    return bool(SESSION_ID_RE.fullmatch(session_id))
-
-
-def _token_bytes(token_ids: Sequence[int]) -> bytes:
-    arr = array("I", token_ids)  # raises OverflowError for ids outside uint32
-    if arr.itemsize != 4:  # pragma: no cover - every supported platform has 4-byte "I"
-        arr = array("L", token_ids)
-    if struct.pack("=I", 1) != struct.pack("<I", 1):  # pragma: no cover - big-endian hosts
-        arr.byteswap()
-    return arr.tobytes()
-
-
-def chunk_key(ns: Namespace, parent_key: str, start: int, token_ids: Sequence[int]) -> str:
-    """Key of the chunk covering ``token_ids`` at ``start``, chained on ``parent_key`` ("" = first)."""
-    if parent_key and not is_valid_key(parent_key):
-        raise ValueError("parent_key must be 64 lowercase hex chars or empty")
-    if (start == 0) != (parent_key == ""):
-        raise ValueError("parent_key must be empty exactly for the chunk at start 0")
-    if not token_ids:
-        raise ValueError("token_ids must not be empty")
-    h = hashlib.blake2b(digest_size=32)
-    h.update(bytes.fromhex(parent_key) if parent_key else ns.digest())
-    h.update(struct.pack("<II", start, len(token_ids)))
-    h.update(_token_bytes(token_ids))
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class ChunkSpan:
-    key: str
-    parent_key: str
-    start: int
-    end: int
-
-
-def chain(ns: Namespace, token_ids: Sequence[int], *, include_tail: bool = True) -> list[ChunkSpan]:
-    """Keys of the aligned chunks covering ``token_ids`` (full chunks, then the partial tail)."""
-    spans: list[ChunkSpan] = []
-    parent = ""
-    size = ns.chunk_size
-    stop = len(token_ids) if include_tail else len(token_ids) - len(token_ids) % size
-    for start in range(0, stop, size):
-        end = min(start + size, stop)
-        key = chunk_key(ns, parent, start, token_ids[start:end])
-        spans.append(ChunkSpan(key=key, parent_key=parent, start=start, end=end))
-        parent = key
-    return spans
+__all__ = [
+    "KEY_HEX_LEN",
+    "MAX_CHUNK_SIZE",
+    "MAX_TOKEN_ID",
+    "SESSION_ID_RE",
+    "ChunkSpan",
+    "Namespace",
+    "chain",
+    "chunk_key",
+    "is_valid_key",
+    "is_valid_session_id",
+]

@@ -2,19 +2,21 @@
 
 ::
 
-    GearKVError (gearkv.client.errors), ValueError
+    GearKVError (gearkv.api.errors), ValueError
      └── CodecError                  anything the codec rejects
           ├── InvalidInput           tensors that cannot be encoded (rank, shapes, dtype, NaN/Inf, empty)
           ├── UnsupportedConfig      a CodecConfig field outside what format v1 can store
           ├── CorruptBlob            bad magic, truncated, checksum mismatch, inconsistent header
           └── UnsupportedFormatVersion   a blob written by a newer (or unknown) format version
 
-Every message names the field or section at fault and the limit it broke.
+Every message names the field or section at fault and the limit it broke. The codec's errors are its
+own tree: they share only the root ``GearKVError`` of the API contract (gearkv.api.errors) with the
+SDK's, never a class of ``gearkv.client``.
 """
 
 from __future__ import annotations
 
-from gearkv.client.errors import GearKVError  # plain exceptions only: no grpc or redis import
+from gearkv.api.errors import GearKVError  # plain exceptions only: no grpc, protobuf or redis import
 
 __all__ = ["CodecError", "CorruptBlob", "InvalidInput", "UnsupportedConfig", "UnsupportedFormatVersion"]
 

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from gearkv.api.records import SessionSummary
+
 
 def chunk_redis_key(tenant: str, key: str) -> str:
     return f"gkv:c:{tenant}:{key}"
@@ -40,19 +42,6 @@ def tenant_redis_key(tenant: str, what: str) -> str:
 # A retry of one of a session's last COMMIT_IDS_KEPT commits replays the version it produced; an
 # older one answers as a stale expected_version (a bounded window keeps long sessions small).
 COMMIT_IDS_KEPT = 16
-
-
-@dataclass(frozen=True)
-class SessionSummary:
-    """What ListSessions reports, kept next to the manifest so listing never parses manifests."""
-
-    session_id: str
-    version: int
-    turns: int
-    tokens: int
-    raw_bytes: int
-    stored_bytes: int
-    updated_ms: int
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,14 @@
     magic b"GKVC" | u16 format version | u32 header length | XXH3-128(header) | header | payload
 
 The header is compact JSON: tenant, key, namespace, token range, raw and stored sizes, and the
-XXH3-128 digest of the payload (the digest the API carries, see ``gearkv.client.digest``; format
+XXH3-128 digest of the payload (the digest the API carries, see ``gearkv.api.digest``; format
 version 1 values, written before, carry blake2b-256 and are still read). ``decode_value`` checks
 everything (header checksum, the tenant and key it was asked for, the payload length and digest) so a
 flipped byte, a truncated value or a value swapped under another key or tenant is detected before a
 byte is served. The payload is hashed once per read and never copied here. Pure functions, no I/O.
+
+This envelope is the store's own, not part of the API contract: only the store writes and reads Redis
+values (clients see ChunkInfo and the payload), so it lives here and not in ``gearkv.api``.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import json
 import struct
 from dataclasses import dataclass, replace
 
-from gearkv.client.digest import DIGEST_BYTES, payload_digest
-from gearkv.client.keys import Namespace
+from gearkv.api.digest import DIGEST_BYTES, payload_digest
+from gearkv.api.keys import Namespace
 
 __all__ = ["DIGEST_BYTES", "ChunkMeta", "CorruptValue", "decode_value", "encode_header", "payload_digest"]
 

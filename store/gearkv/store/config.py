@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from gearkv.api.limits import MAX_CHUNK_BYTES, PART_BYTES
+
 MIB = 1024 * 1024
-PART_BYTES = MIB
 _TENANT_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -44,12 +45,12 @@ class StoreConfig:
     max_chunk_ttl_s: int = 7 * 24 * 3600
     default_session_ttl_s: int = 7 * 24 * 3600
     max_session_ttl_s: int = 30 * 24 * 3600
-    # Chunks bigger than this are refused (the API allows up to 256 MiB).
-    max_chunk_bytes: int = 256 * MIB
+    # Chunks bigger than this are refused (the API allows up to MAX_CHUNK_BYTES, 256 MiB).
+    max_chunk_bytes: int = MAX_CHUNK_BYTES
     # gRPC receive/send cap; 8 MiB fits a manifest or a lookup of 1,048,576 token ids (<= 5 B each).
     max_message_bytes: int = 8 * MIB
-    # Size of the parts GetChunk streams (the API allows up to 1 MiB; grpcio moves 256-512 KiB
-    # messages 1.5-2x faster than 1 MiB ones on loopback).
+    # Size of the parts GetChunk streams (the API allows up to PART_BYTES, 1 MiB; grpcio moves
+    # 256-512 KiB messages 1.5-2x faster than 1 MiB ones on loopback).
     download_part_bytes: int = 512 * 1024
     max_in_flight: int = 256
     redis_timeout_s: float = 5.0
@@ -85,8 +86,8 @@ class StoreConfig:
             raise ValueError("default_chunk_ttl_s must be <= max_chunk_ttl_s")
         if self.default_session_ttl_s > self.max_session_ttl_s:
             raise ValueError("default_session_ttl_s must be <= max_session_ttl_s")
-        if not 1 <= self.max_chunk_bytes <= 256 * MIB:
-            raise ValueError("max_chunk_bytes must be in 1..268435456")
+        if not 1 <= self.max_chunk_bytes <= MAX_CHUNK_BYTES:
+            raise ValueError(f"max_chunk_bytes must be in 1..{MAX_CHUNK_BYTES}")
         if self.max_message_bytes < 2 * MIB:
             raise ValueError("max_message_bytes must be >= 2 MiB (parts are up to 1 MiB)")
         if not 16 * 1024 <= self.download_part_bytes <= PART_BYTES:

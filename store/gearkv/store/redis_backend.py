@@ -19,10 +19,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from gearkv.api.records import SessionSummary
 from gearkv.store.backend import (
     COMMIT_IDS_KEPT,
     CommitOutcome,
-    SessionSummary,
     TenantUsage,
     TurnStart,
     chunk_redis_key,

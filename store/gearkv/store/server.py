@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from gearkv.api import wire
 from gearkv.api.v1 import kvstore_pb2, kvstore_pb2_grpc
-from gearkv.client import wire
 from gearkv.store.auth import Authenticator
 from gearkv.store.backend import Backend
 from gearkv.store.config import StoreConfig
@@ -36,7 +36,7 @@ HEALTH_PROBE_S = 2.0
 
 def add_kvstore(servicer: KVStoreServicer, server: grpc.aio.Server) -> None:
     """Register the KVStore service as the generated code does, but with the chunk RPCs' payload
-    parts going through ``gearkv.client.wire`` (one copy each way instead of protobuf's three)."""
+    parts going through ``gearkv.api.wire`` (one copy each way instead of protobuf's three)."""
     captured: dict[str, grpc.RpcMethodHandler] = {}
 
     class _Capture:

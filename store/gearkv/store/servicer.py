@@ -11,15 +11,17 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
+from gearkv.api import wire
+from gearkv.api.digest import PayloadHasher
+from gearkv.api.keys import Namespace, chunk_key
+from gearkv.api.limits import PART_BYTES
+from gearkv.api.records import SessionSummary
 from gearkv.api.v1 import kvstore_pb2 as pb
 from gearkv.api.v1 import kvstore_pb2_grpc as pb_grpc
-from gearkv.client import wire
-from gearkv.client.digest import PayloadHasher
-from gearkv.client.keys import Namespace, chunk_key
 from gearkv.store import validation
-from gearkv.store.backend import Backend, SessionSummary
+from gearkv.store.backend import Backend
 from gearkv.store.chunk_format import CorruptValue, decode_value, encode_header
-from gearkv.store.config import PART_BYTES, StoreConfig
+from gearkv.store.config import StoreConfig
 from gearkv.store.context import current_tenant
 from gearkv.store.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from gearkv.store.metrics import StoreMetrics

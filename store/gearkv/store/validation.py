@@ -1,30 +1,43 @@
 """Request validation: pure checks that raise ``InvalidArgument`` naming the field and the limit.
 
-Also the manifest's stored form (a checksummed envelope around the ``Manifest`` protobuf).
+The API's limits and the checks the SDK runs too (keys, session ids, commit and lease ids, token
+counts, lease lifetimes) are the contract's (:mod:`gearkv.api.limits`); this module raises their
+``InvalidField`` as the store's ``InvalidArgument`` and adds what only the store checks (whole
+headers and manifests, the chain of keys, defaults for 0). Also the manifest's stored form (a
+checksummed envelope around the ``Manifest`` protobuf).
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import struct
 
+from gearkv.api import limits
+from gearkv.api.digest import DIGEST_BYTES
+from gearkv.api.errors import raising_as
+from gearkv.api.keys import Namespace, chunk_key
+from gearkv.api.limits import (
+    DEFAULT_LEASE_MS,
+    DEFAULT_PAGE_SIZE,
+    MAX_ATTRIBUTE_KEY,
+    MAX_ATTRIBUTE_VALUE,
+    MAX_ATTRIBUTES,
+    MAX_PAGE_SIZE,
+    MAX_RAW_BYTES,
+    MAX_ROLE,
+)
 from gearkv.api.v1 import kvstore_pb2 as pb
-from gearkv.client.keys import Namespace, chunk_key, is_valid_key, is_valid_session_id
-from gearkv.store.chunk_format import DIGEST_BYTES, ChunkMeta
+from gearkv.store.chunk_format import ChunkMeta
 from gearkv.store.errors import DataLoss, InvalidArgument
 
-MAX_TOKENS = 1_048_576
-MAX_ATTRIBUTES = 64
-MAX_ATTRIBUTE_KEY = 128
-MAX_ATTRIBUTE_VALUE = 65536
-MAX_ROLE = 64
-MAX_PAGE_SIZE = 1000
-DEFAULT_PAGE_SIZE = 100
-MAX_RAW_BYTES = 1 << 40  # per chunk: far above any real chunk, and sums over MAX_TOKENS chunks fit uint64
-_COMMIT_ID_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
 _MANIFEST_MAGIC = b"GKVM"
 _MANIFEST_PREFIX = struct.Struct("<4sH16s")
+
+key = raising_as(InvalidArgument, limits.check_key)
+session_id = raising_as(InvalidArgument, limits.check_session_id)
+token_count = raising_as(InvalidArgument, limits.check_token_count)
+_id = raising_as(InvalidArgument, limits.check_id)
+_lease_ms = raising_as(InvalidArgument, limits.check_lease_ms)
 
 
 def namespace(msg: pb.Namespace, has: bool, field: str = "namespace") -> Namespace:
@@ -37,22 +50,9 @@ def namespace(msg: pb.Namespace, has: bool, field: str = "namespace") -> Namespa
     return ns
 
 
-def key(value: str, field: str) -> str:
-    if not is_valid_key(value):
-        raise InvalidArgument(f"{field} must be 64 lowercase hex chars")
-    return value
-
-
-def session_id(value: str, field: str = "session_id") -> str:
-    if not is_valid_session_id(value):
-        raise InvalidArgument(f"{field} must be 1-128 chars of [A-Za-z0-9._:-]")
-    return value
-
-
 def commit_id(value: str, field: str = "commit_id") -> str:
-    if not _COMMIT_ID_RE.match(value):
-        raise InvalidArgument(f"{field} must be 1-64 printable ASCII chars without spaces")
-    return value
+    """A commit id (or a lease holder, a lease id): 1-64 printable ASCII chars without spaces."""
+    return _id(value, field)
 
 
 def optional_id(value: str, field: str) -> str:
@@ -60,22 +60,9 @@ def optional_id(value: str, field: str) -> str:
     return commit_id(value, field) if value else ""
 
 
-DEFAULT_LEASE_MS = 30_000
-MIN_LEASE_MS = 100
-MAX_LEASE_MS = 600_000
-
-
 def lease_ms(value: int) -> int:
-    if value == 0:
-        return DEFAULT_LEASE_MS
-    if not MIN_LEASE_MS <= value <= MAX_LEASE_MS:
-        raise InvalidArgument(f"lease_ms must be {MIN_LEASE_MS}-{MAX_LEASE_MS} (0 = {DEFAULT_LEASE_MS})")
-    return value
-
-
-def token_count(n: int, field: str) -> None:
-    if n > MAX_TOKENS:
-        raise InvalidArgument(f"{field} has {n} entries; the limit is {MAX_TOKENS}")
+    """The lease lifetime to use: ``value``, or the default for 0."""
+    return _lease_ms(value) or DEFAULT_LEASE_MS
 
 
 def ttl_ms(ttl_s: int, default_s: int, max_s: int) -> int:

@@ -1,4 +1,4 @@
-"""Zero-copy codecs for the two chunk streams (PutChunkRequest, GetChunkResponse); SDK and store share them.
+"""Zero-copy framing of the chunk streams (PutChunkRequest, GetChunkResponse); SDK and store share it.
 
 Both messages are ``{message header_or_info = 1; bytes data = 2;}``. Through protobuf a 1 MiB part is
 copied into the message, serialized into a new string, parsed into an arena and copied out again on

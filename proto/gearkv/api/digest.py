@@ -2,7 +2,7 @@
 
 It detects corruption in transit and at rest (a flipped bit, a truncated or swapped value), not
 tampering: bearer tokens and TLS guard against an adversary, and chunk *addresses* stay blake2b-256
-over token ids (:mod:`gearkv.client.keys`). XXH3-128 costs ~0.03 ms per MiB where blake2b-256 cost
+over token ids (:mod:`gearkv.api.keys`). XXH3-128 costs ~0.03 ms per MiB where blake2b-256 cost
 ~1.5-2.3 ms, and the store hashes every upload and verifies every read, so the choice sets the
 store's throughput. Shared by the SDK and the store; imports neither grpc nor protobuf.
 """
