@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import random
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,3 +203,115 @@ def test_cli_rejects_bad_flags() -> None:
         timeout=120,
     )
     assert done.returncode == 2 and "codec" in done.stderr
+
+
+# -- cancellation, shutdown, malformed requests ----------------------------------------------------
+
+
+def long_prompt(tokens: int, seed: int = 0) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(1000, 40000) for _ in range(tokens)]
+
+
+def in_flight(worker: Worker) -> float:
+    value = worker.metrics.registry.get_sample_value("gearkv_worker_turns_in_flight")
+    return float(value or 0.0)
+
+
+def test_a_client_deadline_stops_the_prefill_and_frees_the_session(served: Any) -> None:
+    """QA: after a 2 s deadline in a 5.5k-token prefill the worker computed on for 14 s and retries
+    of the session got ABORTED. Now the prefill stops within a slice and the session is free."""
+    stub, worker = served
+    params = pb.GenerationParams(max_new_tokens=4)
+    request = pb.GenerateRequest(session_id="deadline-1", token_ids=long_prompt(4000), params=params)
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Generate(request, timeout=1.5))  # the prefill takes ~15 s
+    expired = time.monotonic()
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    retry = pb.GenerateRequest(session_id="deadline-1", token_ids=[1, 2, 3], params=params)
+    while True:
+        try:
+            last = list(stub.Generate(retry, timeout=60))[-1]
+            break
+        except grpc.RpcError as exc:
+            waited = time.monotonic() - expired
+            assert exc.code() == grpc.StatusCode.ABORTED and waited < 1.5, f"{exc.code()} after {waited:.2f}s"
+            time.sleep(0.05)
+    freed = time.monotonic() - expired
+    print(f"the session accepted a new turn {freed:.2f}s after the deadline")
+    assert last.stats.tokens_generated == 4
+    worker.wait_for_pushes(60)
+    assert in_flight(worker) == 0  # the cancelled turn's generator has finished
+    cpu = time.process_time()
+    time.sleep(0.5)
+    assert time.process_time() - cpu < 0.3  # nothing computes on: a running prefill burns ~1 s here
+
+
+def test_malformed_request_bytes_are_invalid_argument(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = Worker(engine, None, SessionOptions(), WorkerMetrics())
+    server = start_worker_server(worker, "127.0.0.1", 0)
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            for method in ("Chat", "Generate"):
+                call = channel.unary_stream(f"/gearkv.api.v1.Worker/{method}")  # bytes in, bytes out
+                for garbage in (b"\xff" * 8, b"\x0a\x05ab", b"\x12\x80"):
+                    with pytest.raises(grpc.RpcError) as err:
+                        list(call(garbage, timeout=30))
+                    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                    assert method in (err.value.details() or "") and "malformed" in err.value.details()
+            # well-formed requests still get through the interceptor
+            stub = worker_pb2_grpc.WorkerStub(channel)
+            assert _chat(stub, "ok-1", "Hi", max_new_tokens=2)[-1].stats.tokens_generated == 2
+    finally:
+        server.stop(grace=0.5)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_sigterm_during_a_long_prefill_exits_within_the_grace_period(tmp_path: Path) -> None:
+    """QA: SIGTERM during a 7k-token prefill exited after 24 s. Now: grace, then the turn is cancelled."""
+    port, grace = free_port(), 1.0
+    cmd = [sys.executable, "-m", "gearkv.cli", "worker", "--port", str(port), "--threads", "2"]
+    cmd += ["--grace", str(grace)]
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+    errors: list[grpc.RpcError] = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and "listening on" not in log.read_text():
+            assert proc.poll() is None, f"worker exited early:\n{log.read_text()[-3000:]}"
+            time.sleep(0.1)
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = worker_pb2_grpc.WorkerStub(channel)
+        request = pb.GenerateRequest(
+            token_ids=long_prompt(5000), params=pb.GenerationParams(max_new_tokens=4)
+        )
+
+        def call() -> None:
+            try:
+                list(stub.Generate(request, timeout=120))
+            except grpc.RpcError as exc:
+                errors.append(exc)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(1.5)  # the prefill (~20 s) is under way
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            rc = None
+        took = time.monotonic() - started
+        print(f"exited {took:.2f}s after SIGTERM (grace {grace}s)")
+        assert rc == 0, f"exit status {rc} after SIGTERM:\n{log.read_text()[-6000:]}"
+        assert took < grace + 2.5, log.read_text()[-3000:]
+        caller.join(30)
+        channel.close()
+        assert errors and errors[0].code() in {grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

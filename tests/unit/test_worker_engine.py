@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 import transformers
 from gearkv.worker import hf_cache
-from gearkv.worker.engine import Engine, SamplingParams, sample_next
+from gearkv.worker.engine import GREEDY_BELOW, Engine, SamplingParams, sample_next, scaled_probs
+from gearkv.worker.errors import TurnCancelled
 from gearkv.worker.model import LoadedModel
 from gearkv.worker.textstream import IncrementalDetokenizer, StopMatcher
 
@@ -128,6 +130,29 @@ def test_sampling_greedy_seeded_and_nucleus() -> None:
     assert len({sample_next(logits, hot, g) for _ in range(200)}) >= 3
 
 
+def test_tiny_temperatures_are_greedy_and_every_temperature_samples_safely() -> None:
+    """A temperature like 1e-40 used to divide the logits into inf - inf = NaN (UNKNOWN over gRPC)."""
+    engine = tiny_engine()
+    cache = engine.new_cache()
+    real = engine.prefill(cache, list(b"Real logits from a forward pass"))
+    extreme = torch.tensor([-1e30, 3.0e4, 3.0e4 - 1e-3, float("-inf"), -5.0])
+    g = torch.Generator().manual_seed(3)
+    for logits in (real, extreme):
+        for t in (1e-40, 1e-6, GREEDY_BELOW, 1e-3, 1.0, 10.0):
+            probs = scaled_probs(logits, t)
+            assert torch.isfinite(probs).all() and abs(float(probs.sum()) - 1.0) < 1e-4
+            for top_p in (1.0, 0.5):
+                p = SamplingParams(temperature=t, top_p=top_p, seed=1)
+                token = sample_next(logits, p, g)
+                assert 0 <= token < logits.numel()
+                if t < GREEDY_BELOW:
+                    assert p.greedy and token == int(torch.argmax(logits))
+    # the safe scaling itself: even 1e-40 puts all the mass on the maximum, no NaN
+    assert scaled_probs(extreme, 1e-40).tolist() == [0.0, 1.0, 0.0, 0.0, 0.0]
+    out, _ = _run(engine, list(b"hi"), SamplingParams(max_new_tokens=4, temperature=1e-40))
+    assert out.generated == _run(engine, list(b"hi"), SamplingParams(max_new_tokens=4))[0].generated
+
+
 # -- engine --------------------------------------------------------------------------------------
 
 
@@ -213,3 +238,104 @@ def test_length_is_capped_by_the_context() -> None:
     gen, _ = _run(engine, [65] * 508, SamplingParams(max_new_tokens=50))
     assert len(gen.generated) <= 4
     assert gen.finish_reason in {"length", "eos"}
+
+
+# -- cancellation --------------------------------------------------------------------------------
+
+
+class CountingEngine:
+    """Counts the engine's forward passes and sets ``cancel`` once ``after`` of them have run."""
+
+    def __init__(self, engine: Engine, cancel: threading.Event, after: int) -> None:
+        self.calls: list[int] = []
+        forward = engine._forward
+
+        def counted(cache: Any, token_ids: Sequence[int], keep: int) -> torch.Tensor:
+            self.calls.append(len(token_ids))
+            out = forward(cache, token_ids, keep)
+            if len(self.calls) == after:
+                cancel.set()
+            return out
+
+        engine._forward = counted  # type: ignore[method-assign]
+
+
+def test_cancel_stops_the_prefill_between_slices() -> None:
+    engine = tiny_engine()  # 7-token slices
+    cancel = threading.Event()
+    counter = CountingEngine(engine, cancel, after=2)
+    gen = engine.generate(list(range(65, 115)), SamplingParams(max_new_tokens=5), cancel=cancel)
+    with pytest.raises(TurnCancelled):
+        next(iter(gen))
+    assert counter.calls == [7, 7]  # stopped after the slice that saw the cancel: 36 tokens left
+    assert gen.generated == []
+
+
+def test_cancel_inside_a_slice_stops_at_the_next_decoder_layer() -> None:
+    """A slice late in a long context takes seconds on a CPU: the cancel is also seen between layers."""
+    engine = tiny_engine()
+    engine.prefill_block = 1024  # one slice
+    cancel = threading.Event()
+    layers = engine.model.model.layers
+    ran: list[int] = []
+    for i, layer in enumerate(layers):
+        layer.register_forward_hook(lambda *_, i=i: ran.append(i))
+    layers[0].register_forward_hook(lambda *_: cancel.set())
+    with pytest.raises(TurnCancelled):
+        engine.generate(list(range(65, 115)), SamplingParams(), cancel=cancel).run()
+    assert ran == [0]  # layer 1 never ran
+    # the same engine, with no cancel: every layer runs (the check is per call, not sticky)
+    ran.clear()
+    assert engine.generate([65, 66], SamplingParams(max_new_tokens=1)).run().generated
+    assert ran[:2] == [0, 1]
+
+
+def test_cancel_before_the_first_slice_runs_nothing() -> None:
+    engine = tiny_engine()
+    cancel = threading.Event()
+    counter = CountingEngine(engine, cancel, after=-1)
+    cancel.set()
+    with pytest.raises(TurnCancelled):
+        engine.generate([65, 66, 67], SamplingParams(), cancel=cancel).run()
+    assert counter.calls == []
+
+
+def test_cancel_stops_the_decode_between_steps() -> None:
+    engine = tiny_engine()
+    cancel = threading.Event()
+    counter = CountingEngine(engine, cancel, after=4)  # the prefill, then decode steps 1-3
+    gen = engine.generate(list(b"abc"), SamplingParams(max_new_tokens=50, stop=("\x00never",)), cancel=cancel)
+    with pytest.raises(TurnCancelled):
+        gen.run()
+    assert len(counter.calls) == 4 and len(gen.generated) == 4  # the 4th token is sampled, no 5th step
+
+
+def test_prefill_in_slices_equals_one_pass() -> None:
+    """Slicing the prefill changes where it may stop, not what it computes."""
+    engine = tiny_engine()
+    prompt = list(b"A prompt long enough for several slices of the prefill.")
+    whole = engine.new_cache()
+    engine.prefill_block = 1024
+    one = engine.prefill(whole, prompt)
+    engine.prefill_block = 5
+    sliced = engine.new_cache()
+    many = engine.prefill(sliced, prompt)
+    torch.testing.assert_close(many, one, rtol=1e-4, atol=1e-4)
+    assert hf_cache.cache_length(sliced) == len(prompt)
+
+
+def test_a_cancelled_turn_frees_its_session_at_once() -> None:
+    from gearkv.worker.sessions import SessionOptions, Worker
+
+    worker = Worker(tiny_engine(), None, SessionOptions(), fingerprint="tiny:0")
+    try:
+        params = SamplingParams(max_new_tokens=20)
+        turn = worker.generate(list(range(65, 165)), params, session_id="s-1")
+        turn.cancel()
+        with pytest.raises(TurnCancelled):
+            turn.run()
+        turn.close()
+        again = worker.generate([65, 66, 67], SamplingParams(max_new_tokens=2), session_id="s-1")
+        assert again.run().finish_reason in {"length", "eos"}
+    finally:
+        worker.close()

@@ -15,6 +15,27 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _rewind_turns(line: str) -> int | None:
+    """``/rewind`` -> 1, ``/rewind N`` -> N (N >= 1); None for anything else (an error is printed)."""
+    parts = line.split()
+    if len(parts) == 1:
+        return 1
+    if len(parts) == 2 and parts[1].isascii() and parts[1].isdigit() and int(parts[1]) >= 1:
+        return int(parts[1])
+    print(f"error: /rewind takes one whole number of turns >= 1, got {line[7:].strip()!r}", file=sys.stderr)
+    return None
+
+
 def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
@@ -28,7 +49,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--session", default=None, help="session id to continue (default: a new random one)")
     p.add_argument("--system", default="", help="system prompt for a new session")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=256)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
@@ -77,10 +98,11 @@ def main(argv: Sequence[str], prog: str = "gearkv chat") -> int:
             if line == "/stats":
                 show_stats = not show_stats
                 continue
-            if line.startswith("/rewind"):
-                parts = line.split()
-                rewind = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 1
-                print(f"(the next message replaces the last {rewind} turn(s))")
+            if line.split()[0] == "/rewind":
+                turns = _rewind_turns(line)
+                if turns is not None:
+                    rewind = turns
+                    print(f"(the next message replaces the last {rewind} turn(s))")
                 continue
             request = pb.ChatRequest(
                 session_id=session,

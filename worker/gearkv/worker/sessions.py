@@ -143,6 +143,9 @@ class Turn:
 
     ``push`` is the background push's future (None without a store): ``push.result()`` waits for it.
     Iterate it to the end or ``close()`` it: either frees the session for its next turn.
+    ``cancel()`` (safe from any thread, e.g. a gRPC callback) sets ``cancelled``: the engine then
+    stops before its next prefill slice, decoder layer or decode step and iterating raises
+    ``TurnCancelled``.
     """
 
     def __init__(self, steps: Iterator[Delta], release: Callable[[], None] | None = None) -> None:
@@ -154,9 +157,14 @@ class Turn:
         self.token_ids: list[int] = []
         self.prompt_ids: list[int] = []
         self.push: Future[PushResult] | None = None
+        self.cancelled = threading.Event()
 
     def __iter__(self) -> Iterator[Delta]:
         return self._steps
+
+    def cancel(self) -> None:
+        """Ask the running turn to stop (idempotent): it does before its next layer or decode step."""
+        self.cancelled.set()
 
     def close(self) -> None:
         close = getattr(self._steps, "close", None)
@@ -366,7 +374,9 @@ class Worker:
         turn.prompt_ids = prompt
         kv, reused, stored = self._reuse(session_id, view, prompt, stats)
         cache = hf_cache.import_kv(kv, self.engine.model.config) if kv is not None else None
-        gen: Generation = self.engine.generate(prompt, params, cache=cache, reused=reused if kv else 0)
+        gen: Generation = self.engine.generate(
+            prompt, params, cache=cache, reused=reused if kv else 0, cancel=turn.cancelled
+        )
         for delta in gen:
             turn.token_ids.extend(delta.token_ids)
             yield delta
