@@ -230,7 +230,14 @@ class _FakeClient:
         return PutChunkResult(key, False, len(data))
 
     def commit_turn(
-        self, manifest: Any, expected_version: int, commit_id: str | None = None, ttl_s: int = 0
+        self,
+        manifest: Any,
+        expected_version: int,
+        commit_id: str | None = None,
+        ttl_s: int = 0,
+        *,
+        holder: str = "",
+        lease_id: str = "",
     ) -> int:
         self.commits.append((manifest, expected_version))
         return expected_version + 1

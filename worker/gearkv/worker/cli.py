@@ -91,6 +91,32 @@ _OPTIONS: tuple[tuple[str, str, str, Any, Any, str], ...] = (
     ("--max-turns", "GEARKV_MAX_TURNS", "max_turns_in_flight", int, 4, "turns generated at once"),
     ("--chunk-ttl", "GEARKV_CHUNK_TTL_S", "chunk_ttl_s", int, 0, "chunk TTL in seconds (0 = store default)"),
     ("--session-ttl", "GEARKV_SESSION_TTL_S", "session_ttl_s", int, 0, "session TTL (0 = store default)"),
+    (
+        "--store-read-budget",
+        "GEARKV_STORE_READ_BUDGET_S",
+        "store_read_budget_s",
+        float,
+        0.5,
+        "seconds a turn waits for the store to begin it (retries included) before it goes on from "
+        "this worker's copy of the session or recomputes",
+    ),
+    (
+        "--lease-ms",
+        "GEARKV_LEASE_MS",
+        "lease_ms",
+        int,
+        30_000,
+        "a session's turn lease in the store (renewed while the turn runs): no other worker runs a "
+        "turn of the session meanwhile",
+    ),
+    (
+        "--recommit-window",
+        "GEARKV_RECOMMIT_WINDOW_S",
+        "recommit_window_s",
+        float,
+        300.0,
+        "seconds a turn whose push failed (store away) is retried in the background",
+    ),
     ("--host", "GEARKV_WORKER_HOST", "host", str, "127.0.0.1", "interface to bind"),
     ("--port", "GEARKV_WORKER_PORT", "port", int, 50061, "gRPC port (0 = any free port)"),
     (
@@ -114,6 +140,9 @@ _SESSION_FIELDS = {
     "max_turns_in_flight",
     "chunk_ttl_s",
     "session_ttl_s",
+    "store_read_budget_s",
+    "lease_ms",
+    "recommit_window_s",
 }
 
 

@@ -43,7 +43,7 @@ class LeaseKeeper:
     def release(self, session_id: str, lease_id: str) -> None:
         """Stop renewing ``lease_id`` (no-op for another lease); waits for a renewal in flight."""
         with self._renewing, self._lock:
-            if self._held.get(session_id, ("", 0))[0] == lease_id:
+            if session_id in self._held and self._held[session_id][0] == lease_id:
                 del self._held[session_id]
 
     def held(self) -> dict[str, str]:
@@ -77,7 +77,7 @@ class LeaseKeeper:
             # refused and reported; nothing left to renew.
             log.warning("session %r: the turn lease was lost to another worker", session_id)
             with self._lock:
-                if self._held.get(session_id, ("", 0))[0] == lease_id:
+                if session_id in self._held and self._held[session_id][0] == lease_id:
                     del self._held[session_id]
         except errors.KVStoreError:
             pass  # store away: the next round tries again; the commit settles what happened

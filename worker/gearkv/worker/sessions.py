@@ -2,8 +2,10 @@
 
 One turn:
 
-1. read the session (the store's manifest: conversation, token ids, chunks, version), or this
-   worker's local record while its previous push is still running;
+1. begin the turn in the store (``BeginTurn``: take the session's turn lease, so no other worker runs
+   a turn of it meanwhile, and learn its version; the manifest comes back only when this worker's
+   local record is not that version), within a short budget; a local record that holds answered
+   turns the store does not have yet stays the session's history until a commit includes them;
 2. render the conversation plus the new message with the chat template -> prompt token ids;
 3. reuse KV for the longest prefix available: the hot cache (same worker, no transfer) or the store
    (``LookupPrefix`` -> pipelined pull + decode -> cache rebuilt), never more than ``prompt - 1``
@@ -13,7 +15,9 @@ One turn:
    them and commit the turn (compare-and-set on the manifest version).
 
 Every store or codec fault degrades step 3 to recomputing and is reported as the turn's ``reason``
-(counted in Prometheus); a turn never fails because of the store.
+(counted in Prometheus); a turn never fails because of the store. A turn is a ``hit`` only on a history
+the store confirmed current: when the store could not be asked (down, or slower than the budget) or
+an earlier turn may be missing from it (``history_lost``), the outcome says so.
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ import contextlib
 import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from gearkv.client import ChatMessage, ChunkRef, Manifest, errors
+from gearkv.api.limits import MAX_CHUNK_SIZE, MAX_LEASE_MS
+from gearkv.client import ChatMessage, ChunkRef, TurnStart, errors
 from gearkv.client.keys import Namespace, is_valid_session_id
 from gearkv.codec import Codec, CodecError
 from gearkv.worker import hf_cache
@@ -37,6 +43,7 @@ from gearkv.worker.engine import Delta, Engine, Generation, SamplingParams
 from gearkv.worker.errors import InvalidRequest, SessionBusy, WorkerOverloaded
 from gearkv.worker.fingerprint import model_fingerprint
 from gearkv.worker.hot_cache import HotCache, HotEntry
+from gearkv.worker.leases import LeaseKeeper
 from gearkv.worker.metrics import WorkerMetrics
 from gearkv.worker.transfer import KVGeometry, PushResult, fault_reason, pull_prefix, push_turn
 
@@ -44,11 +51,14 @@ __all__ = ["SessionOptions", "Turn", "TurnStats", "Worker"]
 
 log = logging.getLogger("gearkv.worker")
 
+MAX_LOCAL_SESSIONS = 4096  # session records kept per worker (committed ones are dropped first)
 MAX_MESSAGE_CHARS = 1 << 20
 MAX_SYSTEM_PROMPT_CHARS = 1 << 16
 PUSH_DRAIN_S = 30.0  # how long closing a worker waits for its pending pushes
 # Reasons a turn reused less that are not store faults (not counted as such).
 _NOT_FAULTS = frozenset({"below_min_reuse", "no_store"})
+# Push faults worth retrying in the background: the store may come back.
+_RETRYABLE_PUSH = frozenset({"store_unavailable", "store_timeout"})
 
 
 @dataclass(frozen=True)
@@ -65,10 +75,17 @@ class SessionOptions:
     session_ttl_s: int = 0
     # Push and commit in a background thread (False: before the turn's last message; for tests).
     background_push: bool = True
+    # How long a turn waits for the store to begin it (and for the prefix lookup) before it goes on
+    # from what this worker holds, or recomputes; retries included.
+    store_read_budget_s: float = 0.5
+    # The session's turn lease: renewed every third of it while the turn runs.
+    lease_ms: int = 30_000
+    # A push that failed because the store was away is retried in the background this long.
+    recommit_window_s: float = 300.0
 
     def __post_init__(self) -> None:
-        if not 1 <= self.chunk_size <= 65536:
-            raise ValueError("chunk_size must be in 1..65536")
+        if not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
+            raise ValueError(f"chunk_size must be in 1..{MAX_CHUNK_SIZE}")
         if self.hot_cache_bytes < 0:
             raise ValueError("hot_cache_bytes must be >= 0 (0 disables the hot cache)")
         if self.min_reuse_tokens < 1:
@@ -77,6 +94,12 @@ class SessionOptions:
             raise ValueError("max_turns_in_flight must be in 1..1024")
         if self.chunk_ttl_s < 0 or self.session_ttl_s < 0:
             raise ValueError("chunk_ttl_s and session_ttl_s must be >= 0")
+        if not 0.01 <= self.store_read_budget_s <= 60:
+            raise ValueError("store_read_budget_s must be in 0.01..60 seconds")
+        if not 1000 <= self.lease_ms <= MAX_LEASE_MS:
+            raise ValueError(f"lease_ms must be in 1000..{MAX_LEASE_MS}")
+        if self.recommit_window_s < 0:
+            raise ValueError("recommit_window_s must be >= 0")
 
 
 @dataclass
@@ -111,15 +134,23 @@ class TurnStats:
 
 @dataclass
 class _Local:
-    """This worker's view of a session: what it committed or is about to commit."""
+    """This worker's record of a session: the history it answered on, and what of it is committed.
+
+    ``version``/``chunks`` are the last commit this worker knows of; ``unsynced`` says the history
+    holds answered turns that no commit includes yet (their push is pending, failed or retrying):
+    until one does, this record, not the store's older manifest, is the session's history.
+    """
 
     messages: tuple[ChatMessage, ...] = ()
     token_ids: tuple[int, ...] = ()
     chunks: tuple[ChunkRef, ...] = ()
     version: int = 0
     turns: int = 0
+    attributes: dict[str, str] = field(default_factory=dict)
     pending: Future[PushResult] | None = None
     last_push: PushResult | None = None
+    unsynced: bool = False
+    seq: int = 0  # turns answered here; a background retry only runs for the latest
 
 
 @dataclass
@@ -136,6 +167,10 @@ class _View:
     fault: str = ""
     store_ok: bool = True
     from_local: bool = False
+    lease_id: str = ""  # this turn's lease ("" without one)
+    handed: bool = False  # the turn answered: its push (not _end_lease) settles the lease
+    # The store confirmed this history is current (or there is no store): a full reuse is a hit.
+    confirmed: bool = True
 
 
 class Turn:
@@ -214,6 +249,11 @@ class Worker:
         self._in_flight = 0
         self._pusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gearkv-push")
         self._push_slots = threading.BoundedSemaphore(2 * self.options.max_turns_in_flight)
+        # This worker instance in the store's turn leases (a restarted worker is another holder).
+        self.holder = f"w-{uuid.uuid4().hex[:20]}"
+        self.leases = LeaseKeeper(client, self.holder, self.options.lease_ms)
+        self._retries: set[threading.Timer] = set()
+        self._closed = False
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -281,10 +321,25 @@ class Worker:
         self._pusher.submit(lambda: None).result(timeout=timeout)
 
     def close(self, timeout: float = PUSH_DRAIN_S) -> None:
-        """Finish pending pushes (up to ``timeout`` seconds) and stop the push thread."""
+        """Finish pending pushes (up to ``timeout`` seconds) and stop the push thread.
+
+        Turns whose push is still failing (the store is away) are lost with the process; their
+        leases expire uncommitted, so the session's next turn elsewhere reports ``history_lost``.
+        """
+        with self._lock:
+            self._closed = True
+            retries, self._retries = set(self._retries), set()
+        for timer in retries:
+            timer.cancel()
         with contextlib.suppress(Exception):  # a timed-out push is abandoned; its chunks expire
             self.wait_for_pushes(timeout)
+        self.leases.close()
         self._pusher.shutdown(wait=False, cancel_futures=True)
+
+    def unsynced_sessions(self) -> list[str]:
+        """Sessions holding answered turns that no commit includes yet (their push is retrying)."""
+        with self._lock:
+            return [sid for sid, local in self._local.items() if local.unsynced]
 
     def session_messages(self, session_id: str) -> tuple[ChatMessage, ...]:
         """The conversation as this worker last saw it (the store's copy is authoritative)."""
@@ -337,26 +392,33 @@ class Worker:
         rewind_turns: int,
     ) -> Iterator[Delta]:
         t0 = time.perf_counter()
-        view = self._read_session(session_id)
-        messages = list(view.messages)
-        if rewind_turns:
-            messages = _rewind(messages, rewind_turns)
-        if not messages and system_prompt:
-            messages.append(ChatMessage("system", system_prompt))
-        messages.append(ChatMessage("user", message))
-        prompt = self.engine.encode_chat([{"role": m.role, "content": m.content} for m in messages])
-        if len(prompt) >= self.engine.max_context:
-            raise InvalidRequest(
-                f"the conversation is {len(prompt)} tokens; the model's context is {self.engine.max_context}"
-            )
-        yield from self._turn(turn, t0, session_id, view, prompt, params, messages, chat=True)
+        view = self._begin(session_id)
+        try:
+            messages = list(view.messages)
+            if rewind_turns:
+                messages = _rewind(messages, rewind_turns)
+            if not messages and system_prompt:
+                messages.append(ChatMessage("system", system_prompt))
+            messages.append(ChatMessage("user", message))
+            prompt = self.engine.encode_chat([{"role": m.role, "content": m.content} for m in messages])
+            if len(prompt) >= self.engine.max_context:
+                n, context = len(prompt), self.engine.max_context
+                raise InvalidRequest(f"the conversation is {n} tokens; the model's context is {context}")
+            yield from self._turn(turn, t0, session_id, view, prompt, params, messages, chat=True)
+        finally:
+            if not view.handed:
+                self._end_lease(session_id, view)
 
     def _generate_steps(
         self, turn: Turn, session_id: str, ids: list[int], params: SamplingParams
     ) -> Iterator[Delta]:
         t0 = time.perf_counter()
-        view = self._read_session(session_id) if session_id else _View(store_ok=self.client is not None)
-        yield from self._turn(turn, t0, session_id, view, ids, params, list(view.messages), chat=False)
+        view = self._begin(session_id) if session_id else _View(store_ok=self.client is not None)
+        try:
+            yield from self._turn(turn, t0, session_id, view, ids, params, list(view.messages), chat=False)
+        finally:
+            if not view.handed:
+                self._end_lease(session_id, view)
 
     def _turn(
         self,
@@ -387,8 +449,14 @@ class Worker:
         self._record(stats)
         if chat:
             messages = [*messages, ChatMessage("assistant", gen.text)]
+        # The answer is out: from here the turn's push settles its lease, and the history it answered
+        # on is this worker's record of the session until a commit includes it.
+        view.handed = True
+        cached = self.engine.cached_ids(prompt, gen)
+        if session_id:
+            self._remember(session_id, view, cached, messages)
         try:
-            turn.push = self._keep(session_id, view, prompt, gen, stored, messages)
+            turn.push = self._keep(session_id, view, cached, gen, stored, messages)
         except Exception as exc:  # the answer is out: keeping its KV is best effort, never a failed turn
             log.warning(
                 "session %r: keeping the turn's KV failed (%s: %s); its next turn recomputes",
@@ -407,17 +475,31 @@ class Worker:
         stats.push_pending = turn.push is not None and not turn.push.done()
         turn.stats = stats
 
+    def _remember(self, session_id: str, view: _View, cached: list[int], messages: list[ChatMessage]) -> None:
+        """Record the answered history before anything can fail: it is kept until a commit has it."""
+        with self._lock:
+            local = self._local.get(session_id)
+            if local is None:
+                local = self._local[session_id] = _Local(version=view.version, chunks=view.chunks)
+            self._local.move_to_end(session_id)
+            local.messages, local.token_ids = tuple(messages), tuple(cached)
+            local.turns, local.attributes = view.turns + 1, dict(view.attributes)
+            local.unsynced = True
+            local.seq += 1
+            synced = [sid for sid, rec in self._local.items() if not rec.unsynced]
+            for sid in synced[: max(0, len(self._local) - MAX_LOCAL_SESSIONS)]:
+                del self._local[sid]  # oldest first; a record a commit has not got yet is never dropped
+
     def _keep(
         self,
         session_id: str,
         view: _View,
-        prompt: list[int],
+        cached: list[int],
         gen: Generation,
         stored: tuple[ChunkRef, ...],
         messages: list[ChatMessage],
     ) -> Future[PushResult] | None:
         """After the answer: the turn's KV into the hot cache, and its push submitted."""
-        cached = self.engine.cached_ids(prompt, gen)
         kv_all = hf_cache.export_kv(gen.cache)
         if session_id:
             self.hot.put(session_id, HotEntry(tuple(cached), kv_all))
@@ -426,26 +508,79 @@ class Worker:
 
     # -- reading the session and reusing KV ------------------------------------------------------
 
-    def _read_session(self, session_id: str) -> _View:
+    def _begin(self, session_id: str) -> _View:
+        """Begin a turn: take the session's lease and settle which history the turn continues.
+
+        Raises:
+            SessionBusy: another worker runs a turn of this session (its lease is live).
+        """
         with self._lock:
             local = self._local.get(session_id)
             if local is not None:
                 self._local.move_to_end(session_id)
-        if local is not None and local.pending is not None and not local.pending.done():
-            return _local_view(local)
         if self.client is None:
             return _local_view(local) if local is not None else _View(fault="no_store", store_ok=False)
+        lease_id = uuid.uuid4().hex
+        known = local.version if local is not None else 0
         try:
-            manifest: Manifest = self.client.get_session(session_id)
-        except errors.SessionNotFound:
-            if local is not None and local.version == 0 and local.messages:
-                return _local_view(local)  # never committed (store was down): keep the conversation
-            return _View()
+            start: TurnStart = self.client.begin_turn(
+                session_id,
+                holder=self.holder,
+                lease_id=lease_id,
+                lease_ms=self.options.lease_ms,
+                known_version=known,
+                timeout=self.options.store_read_budget_s,
+            )
+        except errors.TurnInProgress as exc:
+            raise SessionBusy(f"session {session_id!r} has a turn running on another worker: {exc}") from exc
         except errors.KVStoreError as exc:
-            reason = fault_reason(exc)
+            # The store cannot confirm the history: go on from this worker's record (or recompute).
+            # The request may still take the lease once the store catches up (a stalled Redis), so
+            # the turn keeps its id: the commit (or EndTurn) gives it back if it was taken.
             view = _local_view(local) if local is not None else _View()
-            view.fault, view.store_ok = reason, False
+            view.fault, view.store_ok, view.confirmed = fault_reason(exc), False, False
+            view.lease_id = lease_id
             return view
+        self.leases.hold(session_id, lease_id, start.version)
+        view = self._settle(session_id, local, start)
+        view.lease_id = lease_id
+        return view
+
+    def _settle(self, session_id: str, local: _Local | None, start: TurnStart) -> _View:
+        """Which history a turn continues, given this worker's record and what BeginTurn found."""
+        with self._lock:
+            pending = local is not None and local.pending is not None and not local.pending.done()
+            if local is not None and (local.unsynced or pending):
+                if start.version == local.version or (pending and start.version == local.version + 1):
+                    # This worker's answered turns are ahead of the store: they stay the history,
+                    # and this turn's push commits them (after the pending one, if any).
+                    return _local_view(local)
+                if start.version < local.version:
+                    # The store lost commits of this session (expiry, eviction, a failover): the
+                    # record is still what the user saw, so it is committed again, chunks and all.
+                    local.version, local.chunks = start.version, ()
+                    return _local_view(local)
+                # Another worker committed on top of a turn answered here that never reached the
+                # store: that turn is lost; the store's history is the truth from now on.
+                log.warning("session %r: a turn answered here was overtaken in the store", session_id)
+                del self._local[session_id]
+                view = self._store_view(start)
+                view.fault = "history_lost"
+                return view
+            if local is not None and start.version == local.version:
+                view = _local_view(local)
+            else:
+                view = self._store_view(start)
+                if local is not None:
+                    del self._local[session_id]  # superseded (kept again after this turn's answer)
+        if start.abandoned_turn and not (local is not None and start.abandoned_holder == self.holder):
+            view.fault = "history_lost"  # an earlier turn's lease expired uncommitted
+        return view
+
+    def _store_view(self, start: TurnStart) -> _View:
+        manifest = start.manifest
+        if manifest is None:
+            return _View(version=start.version)
         view = _View(
             messages=manifest.messages,
             token_ids=manifest.token_ids,
@@ -465,19 +600,25 @@ class Worker:
                 else "namespace_mismatch"
             )
             view.token_ids, view.chunks = (), ()  # that KV is not ours to reuse
-        with self._lock:
-            self._local[session_id] = _Local(
-                messages=view.messages,
-                token_ids=view.token_ids,
-                chunks=view.chunks,
-                version=manifest.version,
-                turns=manifest.turns,
-                last_push=local.last_push if local is not None else None,
-            )
-            self._local.move_to_end(session_id)
-            while len(self._local) > 4096:
-                self._local.popitem(last=False)
         return view
+
+    def _end_lease(self, session_id: str, view: _View) -> None:
+        """Give back the lease of a turn that commits nothing (cancelled, or failed before answering)."""
+        self.leases.release(session_id, view.lease_id)
+        if not view.lease_id or self.client is None:
+            return
+        with self._lock:
+            local = self._local.get(session_id)
+            if local is not None and local.unsynced:
+                return  # let it expire: until a commit, others must learn a turn may be missing
+        client, lease_id = self.client, view.lease_id
+
+        def end() -> None:
+            with contextlib.suppress(errors.KVStoreError):
+                client.end_turn(session_id, lease_id, timeout=self.options.store_read_budget_s * 4)
+
+        with contextlib.suppress(RuntimeError):  # shut down: the lease expires by itself
+            self._pusher.submit(end)
 
     def _reuse(
         self, session_id: str, view: _View, prompt: list[int], stats: TurnStats
@@ -534,6 +675,10 @@ class Worker:
             stats.outcome, stats.reason = "partial", fault or "chunk_missing"
         elif reused < had:
             stats.outcome, stats.reason = "partial", "prefix_diverged"
+        elif view.fault or not view.confirmed:
+            # Everything this worker holds was reused, but the store did not confirm it is the
+            # session's whole history (it was away, or an earlier turn may be missing): not a hit.
+            stats.outcome, stats.reason = "partial", view.fault or fault or "store_unavailable"
         else:
             stats.outcome, stats.reason = "hit", ""
         return kv, reused, stored
@@ -562,14 +707,13 @@ class Worker:
         stored: tuple[ChunkRef, ...],
         messages: list[ChatMessage],
     ) -> Future[PushResult] | None:
-        local: _Local | None = None
-        if session_id:
-            with self._lock:
-                local = self._local.setdefault(session_id, _Local(version=view.version, turns=view.turns))
-                local.messages = tuple(messages)
-                local.token_ids = tuple(token_ids)
-                local.turns = view.turns + 1
+        with self._lock:
+            local = self._local.get(session_id) if session_id else None
+            seq = local.seq if local is not None else 0
         if self.client is None or not token_ids:
+            if local is not None:
+                with self._lock:
+                    local.unsynced = False  # nothing to commit (no store): nothing to keep waiting for
             return None
         job = _PushJob(
             self,
@@ -581,23 +725,53 @@ class Worker:
             tuple(messages),
             view.turns + 1,
             dict(view.attributes),
+            lease_id=view.lease_id,
+            seq=seq,
         )
-        if not self.options.background_push:
-            future = _run_now(job.run)
-        else:
-            # Back-pressure: each queued push holds a session's whole KV, so a full queue makes the
-            # turn wait here (after its answer streamed) instead of growing memory without bound.
-            self._push_slots.acquire()
-            try:
-                future = self._pusher.submit(job.run)
-            except BaseException:  # shut down
-                self._push_slots.release()
-                raise
-            future.add_done_callback(lambda _: self._push_slots.release())
+        future = self._enqueue(job.run)
         if local is not None:
             with self._lock:
                 local.pending = future
         return future
+
+    def _enqueue(self, fn: Callable[[], PushResult]) -> Future[PushResult]:
+        if not self.options.background_push:
+            return _run_now(fn)
+        # Back-pressure: each queued push holds a session's whole KV, so a full queue makes the
+        # turn wait here (after its answer streamed) instead of growing memory without bound.
+        self._push_slots.acquire()
+        try:
+            future = self._pusher.submit(fn)
+        except BaseException:  # shut down
+            self._push_slots.release()
+            raise
+        future.add_done_callback(lambda _: self._push_slots.release())
+        return future
+
+    def _schedule_retry(self, job: _PushJob, delay: float) -> None:
+        """Push ``job`` again in ``delay`` seconds, unless a newer turn of its session took over."""
+
+        def fire() -> None:
+            with self._lock:
+                self._retries.discard(timer)
+                local = self._local.get(job.session_id)
+                if self._closed or local is None or local.seq != job.seq or not local.unsynced:
+                    return
+            with contextlib.suppress(RuntimeError):  # shut down meanwhile
+                future = self._pusher.submit(job.run)
+                with self._lock:
+                    if local.seq == job.seq:
+                        local.pending = future
+
+        timer = threading.Timer(delay, fire)
+        timer.daemon = True
+        with self._lock:
+            # Each waiting retry holds its session's KV: beyond the cap the history is still kept
+            # (and the session's next turn commits it), only the background retry is skipped.
+            if self._closed or len(self._retries) >= 4 * self.options.max_turns_in_flight:
+                return
+            self._retries.add(timer)
+        timer.start()
 
 
 @dataclass
@@ -611,9 +785,17 @@ class _PushJob:
     messages: tuple[ChatMessage, ...]
     turns: int
     attributes: dict[str, str]
+    lease_id: str = ""
+    seq: int = 0  # the session's turn on this worker that this push commits
+    # One commit id for every attempt: a commit that landed before its answer was lost replays.
+    commit_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    attempts: int = 0
+    first_at: float = field(default_factory=time.monotonic)
 
     def run(self) -> PushResult:
         w = self.worker
+        self.attempts += 1
+        w.leases.release(self.session_id, self.lease_id)  # the commit gives it back from here
         with w._lock:
             local = w._local.get(self.session_id) if self.session_id else None
             version = local.version if local is not None else self.base_version
@@ -648,8 +830,34 @@ class _PushJob:
             with w._lock:
                 if result.committed:
                     local.version, local.chunks = result.version, result.chunks
+                    local.unsynced = local.seq != self.seq  # a newer turn's push is still to come
                 local.last_push = result
+            self._after(result)
         return result
+
+    def _after(self, result: PushResult) -> None:
+        """A failed push: retry it while the store may come back, or say the turn is at risk."""
+        w = self.worker
+        if result.committed:
+            return
+        waited = time.monotonic() - self.first_at
+        if result.error in _RETRYABLE_PUSH and waited < w.options.recommit_window_s:
+            delay = min(10.0, 0.25 * 2 ** min(self.attempts, 8))
+            log.info(
+                "session %r: push failed (%s); retrying in %.1fs (the answered turn is kept here)",
+                self.session_id,
+                result.error,
+                delay,
+            )
+            w._schedule_retry(self, delay)
+        elif result.error in _RETRYABLE_PUSH or result.error == "version_conflict":
+            log.warning(
+                "session %r: an answered turn could not be committed (%s after %d attempt(s)); the "
+                "session's next turn reports history_lost",
+                self.session_id,
+                result.error,
+                self.attempts,
+            )
 
     def _push(self, stored: Sequence[ChunkRef], version: int) -> PushResult:
         w = self.worker
@@ -667,6 +875,9 @@ class _PushJob:
             attributes=self.attributes,
             chunk_ttl_s=w.options.chunk_ttl_s,
             session_ttl_s=w.options.session_ttl_s,
+            commit_id=self.commit_id if self.session_id else None,
+            holder=w.holder if self.session_id else "",
+            lease_id=self.lease_id,
         )
 
 
@@ -685,6 +896,7 @@ def _local_view(local: _Local | None) -> _View:
         chunks=local.chunks,
         version=local.version,
         turns=local.turns,
+        attributes=dict(local.attributes),
         new=not local.messages and not local.token_ids,
         from_local=True,
     )

@@ -10,7 +10,8 @@ reports why in TurnStats.
 
 Status codes: INVALID_ARGUMENT (bad session id, empty message, parameters out of range, token ids
 outside the vocabulary or a prompt beyond the model's context), RESOURCE_EXHAUSTED (too many turns in
-flight), ABORTED (another turn of the same session is running; retry), UNAVAILABLE (shutting down).
+flight), ABORTED (another turn of the same session is running, on this worker or another one: the
+store's turn lease; retry), UNAVAILABLE (shutting down).
 """
 
 from collections import abc as _abc
@@ -37,9 +38,14 @@ class _ResumeOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ResumeO
     DESCRIPTOR: _descriptor.EnumDescriptor
     RESUME_OUTCOME_UNSPECIFIED: _ResumeOutcome.ValueType  # 0
     RESUME_OUTCOME_HIT: _ResumeOutcome.ValueType  # 1
-    """Every prompt token but the ones new in this turn came from stored KV."""
+    """Every prompt token but the ones new in this turn came from stored KV, on a history the store
+    confirmed is the session's current one.
+    """
     RESUME_OUTCOME_PARTIAL: _ResumeOutcome.ValueType  # 2
-    """Some stored KV was reused, but less than the session had (edited turn, missing chunk, ...)."""
+    """Some stored KV was reused, but less than the session had (edited turn, missing chunk, ...), or
+    all of this worker's copy was reused but the store could not confirm it is the whole history
+    (store_unavailable, store_timeout) or an earlier turn may be missing from it (history_lost).
+    """
     RESUME_OUTCOME_MISS: _ResumeOutcome.ValueType  # 3
     """Nothing reused; the whole prompt was prefilled."""
 
@@ -47,9 +53,14 @@ class ResumeOutcome(_ResumeOutcome, metaclass=_ResumeOutcomeEnumTypeWrapper): ..
 
 RESUME_OUTCOME_UNSPECIFIED: ResumeOutcome.ValueType  # 0
 RESUME_OUTCOME_HIT: ResumeOutcome.ValueType  # 1
-"""Every prompt token but the ones new in this turn came from stored KV."""
+"""Every prompt token but the ones new in this turn came from stored KV, on a history the store
+confirmed is the session's current one.
+"""
 RESUME_OUTCOME_PARTIAL: ResumeOutcome.ValueType  # 2
-"""Some stored KV was reused, but less than the session had (edited turn, missing chunk, ...)."""
+"""Some stored KV was reused, but less than the session had (edited turn, missing chunk, ...), or
+all of this worker's copy was reused but the store could not confirm it is the whole history
+(store_unavailable, store_timeout) or an earlier turn may be missing from it (history_lost).
+"""
 RESUME_OUTCOME_MISS: ResumeOutcome.ValueType  # 3
 """Nothing reused; the whole prompt was prefilled."""
 Global___ResumeOutcome: _TypeAlias = ResumeOutcome  # noqa: Y015
@@ -66,7 +77,7 @@ class GenerationParams(_message.Message):
     max_new_tokens: _builtins.int
     """1-4096; 0 = 256."""
     temperature: _builtins.float
-    """0 = greedy; otherwise 0 < temperature <= 10."""
+    """0 = greedy; otherwise 0 < temperature <= 10 (below 1e-5 it is greedy too)."""
     top_p: _builtins.float
     """Nucleus sampling mass, 0 < top_p <= 1; 0 = 1.0."""
     seed: _builtins.int
@@ -183,8 +194,11 @@ class TurnStats(_message.Message):
     CODEC_FIELD_NUMBER: _builtins.int
     outcome: Global___ResumeOutcome.ValueType
     reason: _builtins.str
-    """Why the turn was not a full hit: "new_session", "store_unavailable", "chunk_missing",
-    "chunk_corrupt", "fingerprint_mismatch", "codec_mismatch", "prefix_diverged", ... ("" on a hit).
+    """Why the turn was not a full hit: "new_session", "store_unavailable", "store_timeout" (the store
+    did not answer within the worker's read budget), "history_lost" (an earlier answered turn never
+    reached the store: its worker died or lost the store; this turn runs on the history without it),
+    "chunk_missing", "chunk_corrupt", "fingerprint_mismatch", "codec_mismatch", "prefix_diverged", ...
+    ("" on a hit).
     """
     source: _builtins.str
     """Where reused KV came from: "store", "hot_cache" or "" (none)."""

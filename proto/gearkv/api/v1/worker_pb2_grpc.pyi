@@ -10,7 +10,8 @@ reports why in TurnStats.
 
 Status codes: INVALID_ARGUMENT (bad session id, empty message, parameters out of range, token ids
 outside the vocabulary or a prompt beyond the model's context), RESOURCE_EXHAUSTED (too many turns in
-flight), ABORTED (another turn of the same session is running; retry), UNAVAILABLE (shutting down).
+flight), ABORTED (another turn of the same session is running, on this worker or another one: the
+store's turn lease; retry), UNAVAILABLE (shutting down).
 """
 
 from collections import abc as _abc
