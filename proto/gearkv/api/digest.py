@@ -5,6 +5,10 @@ tampering: bearer tokens and TLS guard against an adversary, and chunk *addresse
 over token ids (:mod:`gearkv.api.keys`). XXH3-128 costs ~0.03 ms per MiB where blake2b-256 cost
 ~1.5-2.3 ms, and the store hashes every upload and verifies every read, so the choice sets the
 store's throughput. Shared by the SDK and the store; imports neither grpc nor protobuf.
+
+The spec for other languages (seed 0, input = every part's ``data`` in order, output = 16 bytes with
+the high 64 bits first) and test vectors are the "Payload digest" section at the top of
+``gearkv/api/v1/kvstore.proto``; ``tests/unit/test_client_key_spec.py`` checks those vectors.
 """
 
 from __future__ import annotations

@@ -6,11 +6,14 @@ written key and walks the chain in LookupPrefix) and the worker; the SDK re-expo
 id, the chunk size and *all* token ids from the session start to the chunk's end, so equal prefixes
 give equal keys (deduplication) and nothing else does.
 
-    ns   = H("gearkv/ns/v1" | fingerprint | codec_id | chunk_size)
-    k_0  = H(ns  | start=0 | token ids of chunk 0)
-    k_i  = H(k_{i-1} | start | token ids of chunk i)
+    ns   = H("gearkv/ns/v1" 0x00 fingerprint 0x00 codec_id 0x00 u32(chunk_size))
+    k_0  = H(ns      u32(0)     u32(n) u32(token id)...)     n = tokens in the chunk
+    k_i  = H(k_{i-1} u32(start) u32(n) u32(token id)...)     keys are lowercase hex
 
-H is blake2b-256; integers are little-endian uint32. Never Python's salted ``hash()``.
+H is BLAKE2b with a 32-byte digest (``digest_size=32``, not BLAKE2b-512 cut short); u32 is a
+little-endian uint32. Never Python's salted ``hash()``. The normative byte-for-byte spec, for clients
+in other languages, is the "Chunk keys" section at the top of ``gearkv/api/v1/kvstore.proto``, with
+test vectors that ``tests/unit/test_client_key_spec.py`` reads from there and checks against this code.
 """
 
 from __future__ import annotations

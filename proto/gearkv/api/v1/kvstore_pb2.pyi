@@ -21,6 +21,40 @@ Common status codes (in addition to those listed per RPC):
   RESOURCE_EXHAUSTED too many requests in flight (load shedding; retry with backoff) or quota
   DEADLINE_EXCEEDED  the client's deadline passed
 The server never returns UNKNOWN and never puts internals or secrets in a status message.
+
+Chunk keys (ChunkRef.key, PutChunkHeader.key / parent_key), byte for byte. H(x) is BLAKE2b
+(RFC 7693) with a 32-byte digest length set in its parameter block: unkeyed, no salt, no
+personalization (so not BLAKE2b-512 truncated; Python: hashlib.blake2b(x, digest_size=32)). u32(n) is
+n as 4 bytes little-endian. Strings are their bytes (the allowed characters are ASCII). `+` concatenates.
+  ns_digest = H("gearkv/ns/v1" + 0x00 + fingerprint + 0x00 + codec_id + 0x00 + u32(chunk_size))
+  key       = hex(H(parent + u32(start) + u32(n) + u32(token_ids[0]) + ... + u32(token_ids[n-1])))
+where n = end - start = len(token_ids) >= 1, and parent is the 32 raw bytes of ns_digest for the
+chunk at start 0 (whose parent_key is "") and otherwise the 32 bytes that parent_key's hex decodes to.
+hex() is lowercase, 64 characters; a key with any uppercase digit is INVALID_ARGUMENT.
+A session's chunks start at 0, chunk_size, 2*chunk_size, ...; chunk i covers
+[i*chunk_size, min((i+1)*chunk_size, len)) and its parent_key is chunk i-1's key. Only the last chunk
+may be shorter (the tail, 1 <= n < chunk_size). n is hashed, so a tail's key differs from the key of
+the full chunk that later covers the same start; nothing chains on a tail (the next turn writes that
+full chunk in its place). Keys are independent of the tenant; tenants never see each other's chunks.
+Test vectors (tests/unit/test_client_key_spec.py reads them from this file and checks them):
+  key vector: fingerprint=smollm2-135m:3f9a codec_id=gear4/v1 chunk_size=4 token_ids=1,9906,11,1917,0,3639
+    ns_digest  23db726c326bfc45318f21978c27b37767e9456174c6e88e9f48c7a5ecba3dd2
+    [0,4) key  555389037b9af86c2fc192aa72742e88fa21de2e64d8bb6250611f01b65340b0
+    [4,6) key  942b4a12a6840ec0b85af65f0cc7097015677cade9052578ef38bee8247773e5
+  key vector: fingerprint=m codec_id=fp16 chunk_size=1 token_ids=0,4294967295
+    ns_digest  90f00b275fb611ea61b6924f7ef1ff1e1051fa797bf5a57da942ada4dc115ded
+    [0,1) key  dbc91dbd6330662000651df8bf877c86a7810d043948dab7c6556e0786e21213
+    [1,2) key  cfb3a2d7158b52651e4cbf2f9300efb5f8f8b69d9a980b14f8354f2853a5aeae
+  key vector: fingerprint=llama-3.1-8b:0a1b2c codec_id=gear3/v1 chunk_size=256 token_ids=128000,9906
+    ns_digest  ef60435ba2d9521940567f4b43278553c95ea60695912e6a2785e5ccdb69a9de
+    [0,2) key  eb7367063db60bb025588f6f6cf43c1e56cee0af2a574784ef4f5d89c8f19025
+
+Payload digest (PutChunkHeader.digest, ChunkInfo.digest): XXH3-128 (xxHash 0.8, seed 0, no secret)
+of the whole payload, i.e. all parts' `data` concatenated in order, as 16 bytes big-endian: the high
+64 bits first (XXH128_canonicalFromHash; Python: xxhash.xxh3_128_digest). Test vectors (same test):
+  digest vector: ascii "a"                          a96faf705af16834e6c632b61e964e1f
+  digest vector: ascii "gearkv"                     328e9cc1fb9834edde58d6bbeb7f214c
+  digest vector: bytes 0x00 0x01 ... 0xff (256 B)   f1f8a93f50849ac39408a4433b952d71
 """
 
 from collections import abc as _abc
@@ -52,7 +86,9 @@ class Namespace(_message.Message):
     codec_id: _builtins.str
     """Codec identifier, e.g. "gear3/v1:..." (1-128 chars, printable ASCII without spaces)."""
     chunk_size: _builtins.int
-    """Tokens per full chunk (1-65536). Chunks are aligned to multiples of it from the session start."""
+    """Tokens per full chunk (1-65536). Chunks are aligned to multiples of it from the session start.
+    All three fields go into every chunk key ("Chunk keys" at the top of this file).
+    """
     def __init__(
         self,
         *,
@@ -80,7 +116,9 @@ class ChunkRef(_message.Message):
     STORED_BYTES_FIELD_NUMBER: _builtins.int
     RAW_BYTES_FIELD_NUMBER: _builtins.int
     key: _builtins.str
-    """Content address: 64 lowercase hex chars, blake2b-256 chained over the namespace and token ids."""
+    """Content address: 64 lowercase hex chars, BLAKE2b-256 chained over the namespace and every token id
+    from the session start to `end` (byte layout and test vectors: "Chunk keys" at the top of this file).
+    """
     start: _builtins.int
     """Token range [start, end) this chunk covers. start is a multiple of chunk_size; end - start <=
     chunk_size; a chunk with end - start < chunk_size is a session's tail.
@@ -124,7 +162,9 @@ class PutChunkHeader(_message.Message):
     key: _builtins.str
     """Key of the chunk (see ChunkRef.key)."""
     parent_key: _builtins.str
-    """Key of the previous chunk in the chain ("" for the first chunk of a session)."""
+    """Key of the previous chunk in the chain ("" exactly for the chunk at start 0, whose key chains on the
+    namespace digest instead; see "Chunk keys" at the top of this file).
+    """
     start: _builtins.int
     """Token range covered; token_ids has exactly end - start entries."""
     end: _builtins.int
@@ -133,7 +173,8 @@ class PutChunkHeader(_message.Message):
     raw_bytes: _builtins.int
     """Uncompressed 16-bit size of the same KV (for the memory-saved figures)."""
     digest: _builtins.bytes
-    """XXH3-128 of the whole payload: 16 bytes, big-endian (xxhash's canonical xxh3_128_digest). It
+    """XXH3-128 of the whole payload: 16 bytes, big-endian (xxhash's canonical xxh3_128_digest; see
+    "Payload digest" at the top of this file for the exact input and test vectors). It
     detects damage in transit and at rest; it is not a content address (see ChunkRef.key) and not a
     defence against tampering (that is what the bearer token and TLS are for).
     """
