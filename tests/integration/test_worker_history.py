@@ -19,12 +19,13 @@ import pytest
 import torch
 from gearkv.client import KVStoreClient
 from gearkv.client.errors import KVStoreError
+from gearkv.worker.config import SessionOptions
 from gearkv.worker.engine import Engine, SamplingParams
 from gearkv.worker.errors import SessionBusy
 from gearkv.worker.fingerprint import model_fingerprint
 from gearkv.worker.metrics import WorkerMetrics
 from gearkv.worker.model import load_model
-from gearkv.worker.sessions import SessionOptions, Turn, Worker
+from gearkv.worker.sessions import Turn, Worker
 from support.redis_procs import RedisServer, wait_until
 from support.store import StoreProcess
 

@@ -19,12 +19,13 @@ from gearkv.codec import Codec
 from gearkv.store.local import free_port
 from gearkv.worker import hf_cache
 from gearkv.worker.chunking import common_prefix
+from gearkv.worker.config import SessionOptions
 from gearkv.worker.demo import build_script, load_passages
 from gearkv.worker.engine import Engine, SamplingParams
 from gearkv.worker.fingerprint import model_fingerprint
 from gearkv.worker.metrics import WorkerMetrics
 from gearkv.worker.model import load_model
-from gearkv.worker.sessions import SessionOptions, Turn, Worker
+from gearkv.worker.sessions import Turn, Worker
 from gearkv.worker.transfer import KVGeometry, pull_prefix, push_turn
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
 from gearkv.client import errors
+from gearkv.worker.store_client import StoreClient
 
 __all__ = ["LeaseKeeper"]
 
@@ -23,7 +23,7 @@ log = logging.getLogger("gearkv.worker")
 class LeaseKeeper:
     """Renews ``{session: lease}`` every ``lease_ms / 3`` until released or closed."""
 
-    def __init__(self, client: Any, holder: str, lease_ms: int) -> None:
+    def __init__(self, client: StoreClient | None, holder: str, lease_ms: int) -> None:
         self._client = client
         self._holder = holder
         self._lease_ms = lease_ms
@@ -63,6 +63,8 @@ class LeaseKeeper:
                     self._renew(session_id, lease_id, version)
 
     def _renew(self, session_id: str, lease_id: str, version: int) -> None:
+        if self._client is None:
+            return
         try:
             self._client.begin_turn(
                 session_id,

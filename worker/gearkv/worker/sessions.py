@@ -29,22 +29,25 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from gearkv.api.limits import MAX_CHUNK_SIZE, MAX_LEASE_MS
 from gearkv.client import ChatMessage, ChunkRef, TurnStart, errors
 from gearkv.client.keys import Namespace, is_valid_session_id
 from gearkv.codec import Codec, CodecError
 from gearkv.worker import hf_cache
 from gearkv.worker.chunking import common_prefix
+from gearkv.worker.config import SessionOptions
 from gearkv.worker.engine import Delta, Engine, Generation, SamplingParams
 from gearkv.worker.errors import InvalidRequest, SessionBusy, WorkerOverloaded
 from gearkv.worker.fingerprint import model_fingerprint
+from gearkv.worker.history import Continue, LocalState, classify, settle
 from gearkv.worker.hot_cache import HotCache, HotEntry
 from gearkv.worker.leases import LeaseKeeper
 from gearkv.worker.metrics import WorkerMetrics
+from gearkv.worker.push_queue import PushQueue
+from gearkv.worker.store_client import StoreClient
 from gearkv.worker.transfer import KVGeometry, PushResult, fault_reason, pull_prefix, push_turn
 
 __all__ = ["SessionOptions", "Turn", "TurnStats", "Worker"]
@@ -59,47 +62,6 @@ PUSH_DRAIN_S = 30.0  # how long closing a worker waits for its pending pushes
 _NOT_FAULTS = frozenset({"below_min_reuse", "no_store"})
 # Push faults worth retrying in the background: the store may come back.
 _RETRYABLE_PUSH = frozenset({"store_unavailable", "store_timeout"})
-
-
-@dataclass(frozen=True)
-class SessionOptions:
-    """How the worker stores and reuses KV (frozen; built by the entrypoints from flags/env)."""
-
-    codec: str = "gear4"
-    chunk_size: int = 256
-    hot_cache_bytes: int = 1 << 30
-    # Pull a stored prefix only if it covers at least this many tokens (tiny ones recompute faster).
-    min_reuse_tokens: int = 1
-    max_turns_in_flight: int = 4
-    chunk_ttl_s: int = 0
-    session_ttl_s: int = 0
-    # Push and commit in a background thread (False: before the turn's last message; for tests).
-    background_push: bool = True
-    # How long a turn waits for the store to begin it (and for the prefix lookup) before it goes on
-    # from what this worker holds, or recomputes; retries included.
-    store_read_budget_s: float = 0.5
-    # The session's turn lease: renewed every third of it while the turn runs.
-    lease_ms: int = 30_000
-    # A push that failed because the store was away is retried in the background this long.
-    recommit_window_s: float = 300.0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
-            raise ValueError(f"chunk_size must be in 1..{MAX_CHUNK_SIZE}")
-        if self.hot_cache_bytes < 0:
-            raise ValueError("hot_cache_bytes must be >= 0 (0 disables the hot cache)")
-        if self.min_reuse_tokens < 1:
-            raise ValueError("min_reuse_tokens must be >= 1")
-        if not 1 <= self.max_turns_in_flight <= 1024:
-            raise ValueError("max_turns_in_flight must be in 1..1024")
-        if self.chunk_ttl_s < 0 or self.session_ttl_s < 0:
-            raise ValueError("chunk_ttl_s and session_ttl_s must be >= 0")
-        if not 0.01 <= self.store_read_budget_s <= 60:
-            raise ValueError("store_read_budget_s must be in 0.01..60 seconds")
-        if not 1000 <= self.lease_ms <= MAX_LEASE_MS:
-            raise ValueError(f"lease_ms must be in 1000..{MAX_LEASE_MS}")
-        if self.recommit_window_s < 0:
-            raise ValueError("recommit_window_s must be >= 0")
 
 
 @dataclass
@@ -220,7 +182,7 @@ class Worker:
 
     Args:
         engine: the model runner.
-        client: a ``gearkv.client.KVStoreClient`` (None: no store, hot cache only).
+        client: the store (a ``gearkv.client.KVStoreClient``; None: no store, hot cache only).
         options: codec, chunk size, hot cache size, ...
         metrics: Prometheus metrics (a private registry when None).
     """
@@ -228,7 +190,7 @@ class Worker:
     def __init__(
         self,
         engine: Engine,
-        client: Any = None,
+        client: StoreClient | None = None,
         options: SessionOptions | None = None,
         metrics: WorkerMetrics | None = None,
         *,
@@ -247,13 +209,13 @@ class Worker:
         self._lock = threading.Lock()
         self._busy: set[str] = set()
         self._in_flight = 0
-        self._pusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gearkv-push")
-        self._push_slots = threading.BoundedSemaphore(2 * self.options.max_turns_in_flight)
+        turns = self.options.max_turns_in_flight
+        self.pushes = PushQueue(
+            max_queued=2 * turns, max_retrying=4 * turns, background=self.options.background_push
+        )
         # This worker instance in the store's turn leases (a restarted worker is another holder).
         self.holder = f"w-{uuid.uuid4().hex[:20]}"
         self.leases = LeaseKeeper(client, self.holder, self.options.lease_ms)
-        self._retries: set[threading.Timer] = set()
-        self._closed = False
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -318,7 +280,7 @@ class Worker:
 
     def wait_for_pushes(self, timeout: float | None = None) -> None:
         """Block until every push submitted so far has finished."""
-        self._pusher.submit(lambda: None).result(timeout=timeout)
+        self.pushes.drain(timeout)
 
     def close(self, timeout: float = PUSH_DRAIN_S) -> None:
         """Finish pending pushes (up to ``timeout`` seconds) and stop the push thread.
@@ -326,15 +288,8 @@ class Worker:
         Turns whose push is still failing (the store is away) are lost with the process; their
         leases expire uncommitted, so the session's next turn elsewhere reports ``history_lost``.
         """
-        with self._lock:
-            self._closed = True
-            retries, self._retries = set(self._retries), set()
-        for timer in retries:
-            timer.cancel()
-        with contextlib.suppress(Exception):  # a timed-out push is abandoned; its chunks expire
-            self.wait_for_pushes(timeout)
+        self.pushes.close(timeout)
         self.leases.close()
-        self._pusher.shutdown(wait=False, cancel_futures=True)
 
     def unsynced_sessions(self) -> list[str]:
         """Sessions holding answered turns that no commit includes yet (their push is retrying)."""
@@ -549,31 +504,26 @@ class Worker:
     def _settle(self, session_id: str, local: _Local | None, start: TurnStart) -> _View:
         """Which history a turn continues, given this worker's record and what BeginTurn found."""
         with self._lock:
-            pending = local is not None and local.pending is not None and not local.pending.done()
-            if local is not None and (local.unsynced or pending):
-                if start.version == local.version or (pending and start.version == local.version + 1):
-                    # This worker's answered turns are ahead of the store: they stay the history,
-                    # and this turn's push commits them (after the pending one, if any).
-                    return _local_view(local)
-                if start.version < local.version:
-                    # The store lost commits of this session (expiry, eviction, a failover): the
-                    # record is still what the user saw, so it is committed again, chunks and all.
-                    local.version, local.chunks = start.version, ()
-                    return _local_view(local)
-                # Another worker committed on top of a turn answered here that never reached the
-                # store: that turn is lost; the store's history is the truth from now on.
-                log.warning("session %r: a turn answered here was overtaken in the store", session_id)
-                del self._local[session_id]
-                view = self._store_view(start)
-                view.fault = "history_lost"
-                return view
-            if local is not None and start.version == local.version:
+            state = None
+            if local is not None:
+                pending = local.pending is not None and not local.pending.done()
+                state = LocalState(local.version, local.unsynced, pending)
+            choice = settle(state, start.version)
+            if local is not None and choice is Continue.LOCAL_RECOMMIT:
+                # The store lost commits of this session (expiry, eviction, a failover): the record
+                # is still what the user saw, so it is committed again, chunks and all.
+                local.version, local.chunks = start.version, ()
+            if local is not None and choice in (Continue.LOCAL, Continue.LOCAL_RECOMMIT):
                 view = _local_view(local)
             else:
-                view = self._store_view(start)
                 if local is not None:
                     del self._local[session_id]  # superseded (kept again after this turn's answer)
-        if start.abandoned_turn and not (local is not None and start.abandoned_holder == self.holder):
+                view = self._store_view(start)
+        if choice is Continue.STORE_LOST:
+            # Another worker committed on top of a turn answered here that never reached the store.
+            log.warning("session %r: a turn answered here was overtaken in the store", session_id)
+            view.fault = "history_lost"
+        elif start.abandoned_turn and not (local is not None and start.abandoned_holder == self.holder):
             view.fault = "history_lost"  # an earlier turn's lease expired uncommitted
         return view
 
@@ -617,8 +567,7 @@ class Worker:
             with contextlib.suppress(errors.KVStoreError):
                 client.end_turn(session_id, lease_id, timeout=self.options.store_read_budget_s * 4)
 
-        with contextlib.suppress(RuntimeError):  # shut down: the lease expires by itself
-            self._pusher.submit(end)
+        self.pushes.submit_nowait(end)  # once shut down, the lease expires by itself
 
     def _reuse(
         self, session_id: str, view: _View, prompt: list[int], stats: TurnStats
@@ -666,21 +615,16 @@ class Worker:
         for r in reasons:
             if r not in _NOT_FAULTS:
                 self.metrics.fault(r)
-        fault = reasons[0] if reasons else ""
         stats.tokens_reused, stats.tokens_prefilled = reused, len(prompt) - reused
-        if reused == 0:
-            stats.outcome = "miss"
-            stats.reason = fault or ("new_session" if view.new else "prefix_diverged")
-        elif reused < could:
-            stats.outcome, stats.reason = "partial", fault or "chunk_missing"
-        elif reused < had:
-            stats.outcome, stats.reason = "partial", "prefix_diverged"
-        elif view.fault or not view.confirmed:
-            # Everything this worker holds was reused, but the store did not confirm it is the
-            # session's whole history (it was away, or an earlier turn may be missing): not a hit.
-            stats.outcome, stats.reason = "partial", view.fault or fault or "store_unavailable"
-        else:
-            stats.outcome, stats.reason = "hit", ""
+        stats.outcome, stats.reason = classify(
+            reused=reused,
+            could=could,
+            had=had,
+            fault=reasons[0] if reasons else "",
+            new=view.new,
+            history_fault=view.fault,
+            confirmed=view.confirmed,
+        )
         return kv, reused, stored
 
     def _record(self, stats: TurnStats) -> None:
@@ -728,50 +672,27 @@ class Worker:
             lease_id=view.lease_id,
             seq=seq,
         )
-        future = self._enqueue(job.run)
+        future = self.pushes.submit(job.run)
         if local is not None:
             with self._lock:
                 local.pending = future
         return future
 
-    def _enqueue(self, fn: Callable[[], PushResult]) -> Future[PushResult]:
-        if not self.options.background_push:
-            return _run_now(fn)
-        # Back-pressure: each queued push holds a session's whole KV, so a full queue makes the
-        # turn wait here (after its answer streamed) instead of growing memory without bound.
-        self._push_slots.acquire()
-        try:
-            future = self._pusher.submit(fn)
-        except BaseException:  # shut down
-            self._push_slots.release()
-            raise
-        future.add_done_callback(lambda _: self._push_slots.release())
-        return future
-
     def _schedule_retry(self, job: _PushJob, delay: float) -> None:
         """Push ``job`` again in ``delay`` seconds, unless a newer turn of its session took over."""
 
-        def fire() -> None:
+        def again() -> None:  # on the push thread
             with self._lock:
-                self._retries.discard(timer)
                 local = self._local.get(job.session_id)
-                if self._closed or local is None or local.seq != job.seq or not local.unsynced:
+                if local is None or local.seq != job.seq or not local.unsynced:
                     return
-            with contextlib.suppress(RuntimeError):  # shut down meanwhile
-                future = self._pusher.submit(job.run)
-                with self._lock:
-                    if local.seq == job.seq:
-                        local.pending = future
+                running: Future[PushResult] = Future()
+                local.pending = running  # a turn beginning meanwhile sees its push in flight
+            running.set_result(job.run())
 
-        timer = threading.Timer(delay, fire)
-        timer.daemon = True
-        with self._lock:
-            # Each waiting retry holds its session's KV: beyond the cap the history is still kept
-            # (and the session's next turn commits it), only the background retry is skipped.
-            if self._closed or len(self._retries) >= 4 * self.options.max_turns_in_flight:
-                return
-            self._retries.add(timer)
-        timer.start()
+        # Each waiting retry holds its session's KV: beyond the queue's cap the history is still
+        # kept (and the session's next turn commits it), only the background retry is skipped.
+        self.pushes.retry_later(delay, again)
 
 
 @dataclass
@@ -861,6 +782,7 @@ class _PushJob:
 
     def _push(self, stored: Sequence[ChunkRef], version: int) -> PushResult:
         w = self.worker
+        assert w.client is not None  # push jobs are made only with a store
         return push_turn(
             w.client,
             w.codec,
@@ -879,12 +801,6 @@ class _PushJob:
             holder=w.holder if self.session_id else "",
             lease_id=self.lease_id,
         )
-
-
-def _run_now(fn: Any) -> Future[PushResult]:
-    future: Future[PushResult] = Future()
-    future.set_result(fn())
-    return future
 
 
 def _local_view(local: _Local | None) -> _View:

@@ -28,6 +28,7 @@ from gearkv.codec import (
 )
 from gearkv.worker import hf_cache
 from gearkv.worker.chunking import plan_push, session_spans
+from gearkv.worker.store_client import StoreClient
 
 __all__ = [
     "KVGeometry",
@@ -204,7 +205,7 @@ class PushResult:
 
 
 def push_turn(
-    client: Any,
+    client: StoreClient,
     codec: Codec,
     ns: Namespace,
     kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
@@ -245,7 +246,13 @@ def push_turn(
         blob = codec.encode(part, start=span.start)
         out.compress_s += time.perf_counter() - tc
         put = client.put_chunk(
-            ns, span.parent_key, span.start, token_ids[span.start : span.end], blob, raw, ttl_s=chunk_ttl_s
+            ns,
+            span.parent_key,
+            start=span.start,
+            token_ids=token_ids[span.start : span.end],
+            data=blob,
+            raw_bytes=raw,
+            ttl_s=chunk_ttl_s,
         )
         new_refs[span.key] = ChunkRef(span.key, span.start, span.end, put.stored_bytes or len(blob), raw)
         out.chunks_pushed += 1
