@@ -3,17 +3,25 @@
 Tiny random-weight models of several architectures (GQA, MQA, different head_dims, sliding windows,
 fp32/bf16) are built locally: generation continued from an exported and re-imported cache must equal
 generation continued from the original cache, bit for bit.
+
+Every test here turns transformers' ``FutureWarning`` s into errors: a deprecated call on the worker's
+path (``past_key_values=`` where a model takes ``cache=``) fails here before a release removes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
 import torch
 import transformers
 from gearkv.worker import hf_cache
+from gearkv.worker.engine import Engine, SamplingParams
+from gearkv.worker.model import LoadedModel
+
+pytestmark = pytest.mark.filterwarnings("error::FutureWarning")
 
 torch.set_num_threads(1)
 
@@ -64,7 +72,7 @@ def tiny_model(name: str, dtype: torch.dtype = torch.float32) -> Any:
 @torch.inference_mode()
 def greedy(model: Any, cache: Any, ids: list[int], steps: int) -> tuple[list[int], list[torch.Tensor]]:
     """Feed ``ids`` on top of ``cache``, then decode ``steps`` tokens greedily; returns tokens and logits."""
-    out = model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
+    out = model(input_ids=torch.tensor([ids]), **hf_cache.forward_kwargs(model, cache))
     tokens: list[int] = []
     logits: list[torch.Tensor] = []
     for _ in range(steps):
@@ -72,7 +80,7 @@ def greedy(model: Any, cache: Any, ids: list[int], steps: int) -> tuple[list[int
         logits.append(last.float().clone())
         nxt = int(last.argmax())
         tokens.append(nxt)
-        out = model(input_ids=torch.tensor([[nxt]]), past_key_values=out.past_key_values, use_cache=True)
+        out = model(input_ids=torch.tensor([[nxt]]), **hf_cache.forward_kwargs(model, cache))
     return tokens, logits
 
 
@@ -88,7 +96,7 @@ def test_resumed_generation_is_identical(name: str, dtype: torch.dtype) -> None:
     prompt, follow = _prompt(20), _prompt(7, seed=2)
     with torch.inference_mode():
         original = hf_cache.new_cache(model.config)
-        model(input_ids=torch.tensor([prompt]), past_key_values=original, use_cache=True)
+        model(input_ids=torch.tensor([prompt]), **hf_cache.forward_kwargs(model, original))
         exported = [(k.clone(), v.clone()) for k, v in hf_cache.export_kv(original)]
     assert hf_cache.kv_tokens(exported) == len(prompt)
     assert all(k.dtype == dtype for k, _ in exported)
@@ -114,9 +122,9 @@ def test_resumed_cache_matches_a_full_forward(name: str) -> None:
     with torch.inference_mode():
         full = model(input_ids=torch.tensor([ids])).logits[0, -1]
         first = hf_cache.new_cache(model.config)
-        model(input_ids=torch.tensor([ids[:17]]), past_key_values=first, use_cache=True)
+        model(input_ids=torch.tensor([ids[:17]]), **hf_cache.forward_kwargs(model, first))
         resumed = hf_cache.import_kv([(k.clone(), v.clone()) for k, v in hf_cache.export_kv(first)])
-        rest = model(input_ids=torch.tensor([ids[17:]]), past_key_values=resumed, use_cache=True)
+        rest = model(input_ids=torch.tensor([ids[17:]]), **hf_cache.forward_kwargs(model, resumed))
     assert torch.allclose(rest.logits[0, -1], full, atol=1e-4, rtol=1e-4)
 
 
@@ -125,7 +133,7 @@ def test_export_range_crop_and_concat_round_trip() -> None:
     ids = _prompt(25)
     with torch.inference_mode():
         cache = hf_cache.new_cache(model.config)
-        model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
+        model(input_ids=torch.tensor([ids]), **hf_cache.forward_kwargs(model, cache))
     whole = hf_cache.export_kv(cache)
     parts = [hf_cache.export_kv(cache, s, min(s + 8, 25)) for s in range(0, 25, 8)]
     assert [hf_cache.kv_tokens(p) for p in parts] == [8, 8, 8, 1]
@@ -144,7 +152,7 @@ def test_bad_inputs_are_rejected_with_the_reason() -> None:
     model = tiny_model("llama-gqa")
     with torch.inference_mode():
         cache = hf_cache.new_cache(model.config)
-        model(input_ids=torch.tensor([_prompt(5)]), past_key_values=cache, use_cache=True)
+        model(input_ids=torch.tensor([_prompt(5)]), **hf_cache.forward_kwargs(model, cache))
     with pytest.raises(ValueError, match="outside"):
         hf_cache.export_kv(cache, 0, 6)
     with pytest.raises(ValueError, match="outside"):
@@ -161,7 +169,7 @@ def test_windowed_layer_that_dropped_tokens_is_not_exported() -> None:
     model = tiny_model("mistral-sliding")
     windowed = transformers.DynamicCache(config=config)  # what a config-derived cache would do
     with torch.inference_mode():
-        model(input_ids=torch.tensor([_prompt(20)]), past_key_values=windowed, use_cache=True)
+        model(input_ids=torch.tensor([_prompt(20)]), **hf_cache.forward_kwargs(model, windowed))
     with pytest.raises(hf_cache.UnsupportedCacheError, match="positions"):
         hf_cache.export_kv(windowed)
 
@@ -171,3 +179,31 @@ def test_empty_cache() -> None:
     assert hf_cache.cache_length(cache) == 0
     assert hf_cache.export_kv(cache) == []
     assert hf_cache.concat_kv([]) == []
+
+
+class _Bytes:
+    """Token i is byte i (enough of a tokenizer for the engine's detokenizer)."""
+
+    eos_token_id = 2
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_the_worker_path_raises_no_future_warning(name: str) -> None:
+    """Prefill, decode, export, import and a resumed turn through the Engine, FutureWarnings as errors."""
+    model = tiny_model(name)
+    engine = Engine(LoadedModel(model, _Bytes(), name, torch.device("cpu"), torch.float32), prefill_block=8)
+    prompt, follow = _prompt(20), _prompt(5, seed=2)
+    params = SamplingParams(max_new_tokens=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        engine.warmup()
+        first = engine.generate(prompt, params).run()
+        held = engine.cached_ids(prompt, first)
+        kv = [(k.clone(), v.clone()) for k, v in hf_cache.export_kv(first.cache)]
+        resumed = hf_cache.import_kv(kv, model.config)
+        second = engine.generate(held + follow, params, cache=resumed, reused=len(held)).run()
+    assert hf_cache.kv_tokens(kv) == len(held)
+    assert second.reused_tokens == len(held) and second.generated

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from gearkv.worker import hf_cache
 
 SHAKESPEARE = Path("/work/shared/data/tinyshakespeare.txt")
 # Python's own source: documented code and prose, a second domain found on every machine with Python.
@@ -60,19 +61,6 @@ def load_windows(tokenizer: Any, per_domain: int, prefix: int, cont: int) -> lis
     return out
 
 
-def cache_from_kv(layers: KV) -> Any:
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    for i, (k, v) in enumerate(layers):
-        cache.update(k, v, i)
-    return cache
-
-
-def kv_from_cache(cache: Any) -> KV:
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
 @dataclass(frozen=True)
 class Quality:
     """Continuation quality against the fp16-KV run; each mean over windows with its standard error."""
@@ -103,9 +91,10 @@ class KVEvaluator:
         self.batches: list[tuple[torch.Tensor, KV, torch.Tensor, torch.Tensor]] = []
         for i in range(0, len(windows), batch):
             ids = torch.stack([w.ids for w in windows[i : i + batch]])
+            cache = hf_cache.new_cache(model.config)
             with torch.inference_mode():
-                out = model(input_ids=ids[:, :prefix], use_cache=True)
-            kv16 = [(k.to(torch.float16), v.to(torch.float16)) for k, v in kv_from_cache(out.past_key_values)]
+                model(input_ids=ids[:, :prefix], **hf_cache.forward_kwargs(model, cache))
+            kv16 = [(k.to(torch.float16), v.to(torch.float16)) for k, v in hf_cache.export_kv(cache)]
             logp = self._continue(ids, kv16)
             nll = -logp.gather(-1, ids[:, prefix + 1 :, None]).squeeze(-1)
             self.batches.append((ids, kv16, logp, nll))
@@ -117,10 +106,10 @@ class KVEvaluator:
 
     def _continue(self, ids: torch.Tensor, layers: KV) -> torch.Tensor:
         dtype = next(self.model.parameters()).dtype
-        cache = cache_from_kv([(k.to(dtype), v.to(dtype)) for k, v in layers])
+        cache = hf_cache.import_kv([(k.to(dtype), v.to(dtype)) for k, v in layers])
         with torch.inference_mode():
             logits = self.model(
-                input_ids=ids[:, self.prefix : -1], past_key_values=cache, use_cache=True
+                input_ids=ids[:, self.prefix : -1], **hf_cache.forward_kwargs(self.model, cache)
             ).logits
         return torch.log_softmax(logits.float(), dim=-1)
 

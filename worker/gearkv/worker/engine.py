@@ -294,7 +294,7 @@ class Engine:
 
     def _forward(self, cache: Any, token_ids: Sequence[int], keep: int) -> torch.Tensor:
         ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
-        kwargs: dict[str, Any] = {"past_key_values": cache, "use_cache": True}
+        kwargs = hf_cache.forward_kwargs(self.model, cache)
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = keep
         out = self.model(input_ids=ids, **kwargs)

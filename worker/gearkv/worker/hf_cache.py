@@ -4,6 +4,9 @@ Everything else in the worker sees KV as plain tensors: a list with one ``(K, V)
 ``[batch, kv_heads, tokens, head_dim]``. transformers v5 removed ``key_cache``/``value_cache`` and the
 legacy tuple caches; what survives, and all this module uses, is ``DynamicCache``,
 ``layers[i].keys/.values``, ``update(k, v, layer_idx)``, ``get_seq_length()`` and ``crop()``.
+A model's ``forward`` takes the cache as ``cache`` in later 5.x releases (where ``past_key_values``
+warns that it will be removed) and as ``past_key_values`` before: :func:`forward_kwargs` picks the
+keyword the installed model accepts.
 
 Sliding-window models (Mistral, Gemma 2/3 style) get a cache of full layers: the model still applies
 its window through the attention mask, and the cache keeps every position so that a session can be
@@ -12,6 +15,8 @@ exported, stored and resumed at any length (a windowed layer forgets the tokens 
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +35,7 @@ __all__ = [
     "crop_cache",
     "crop_kv",
     "export_kv",
+    "forward_kwargs",
     "import_kv",
     "kv_nbytes",
     "kv_tokens",
@@ -49,6 +55,24 @@ def new_cache(config: Any = None) -> DynamicCache:
     """
     del config
     return DynamicCache()
+
+
+def forward_kwargs(model: Any, cache: DynamicCache) -> dict[str, Any]:
+    """Keyword arguments that hand ``cache`` to ``model(...)`` and have it update the cache.
+
+    Returns:
+        ``{"cache": cache, "use_cache": True}`` where ``model.forward`` takes ``cache`` (transformers
+        5.x releases that deprecate ``past_key_values`` with a ``FutureWarning``), else
+        ``{"past_key_values": cache, "use_cache": True}``.
+    """
+    return {_cache_keyword(model.__class__): cache, "use_cache": True}
+
+
+@functools.cache
+def _cache_keyword(model_type: Any) -> str:
+    """``"cache"`` or ``"past_key_values"``: the name ``model_type.forward`` gives the cache."""
+    params = inspect.signature(model_type.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def export_kv(cache: DynamicCache, start: int = 0, end: int | None = None) -> KVLayers:
