@@ -104,7 +104,9 @@ async def test_get_chunks_pipelined_in_order(kv: Both) -> None:
     blobs = []
     for span in keys.chain(NS, tokens):
         blobs.append(os.urandom(MIB + span.start))  # distinct sizes: order mistakes cannot hide
-        await kv.put_chunk(NS, span.parent_key, span.start, tokens[span.start : span.end], blobs[-1], 1)
+        await kv.put_chunk(
+            NS, span.parent_key, span.start, tokens[span.start : span.end], blobs[-1], raw_bytes=1
+        )
     assert await kv.get_chunks([s.key for s in keys.chain(NS, tokens)]) == blobs
     assert await kv.get_chunks([]) == []
 
@@ -117,7 +119,9 @@ async def test_get_chunks_abandoned_early_leaves_the_client_usable(kind: str, st
     try:
         blobs = [os.urandom(MIB) for _ in range(5)]
         for span, blob in zip(keys.chain(NS, tokens), blobs, strict=True):
-            await kv.put_chunk(NS, span.parent_key, span.start, tokens[span.start : span.end], blob, 1)
+            await kv.put_chunk(
+                NS, span.parent_key, span.start, tokens[span.start : span.end], blob, raw_bytes=1
+            )
         all_keys = [s.key for s in keys.chain(NS, tokens)]
         if isinstance(client, KVStoreClient):
             stream = client.get_chunks(all_keys)
@@ -149,7 +153,7 @@ async def test_prefix_lookup_and_dedup_across_sessions(kv: Both) -> None:
     b = [*system_prompt, 9, 9]
     dedup = []
     for span in keys.chain(NS, b):
-        put = await kv.put_chunk(NS, span.parent_key, span.start, b[span.start : span.end], b"x", 1)
+        put = await kv.put_chunk(NS, span.parent_key, span.start, b[span.start : span.end], b"x", raw_bytes=1)
         dedup.append(put.deduplicated)
     assert dedup == [True, True, True, False]
 

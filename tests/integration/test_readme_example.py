@@ -15,7 +15,7 @@ EXAMPLE_DOC = REPO / "README.md"
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
-def example_code(path: Path, needle: str = "KVStoreClient(") -> str:
+def example_code(path: Path, needle: str = "KVStoreClient") -> str:
     """The first ```python block of ``path`` that contains ``needle``."""
     for block in _BLOCK.findall(path.read_text()):
         if needle in block:

@@ -5,7 +5,7 @@ Example::
     from gearkv.client import KVStoreClient, Namespace, keys
 
     ns = Namespace(fingerprint="smollm2-135m:3f9a", codec_id="gear4/v1", chunk_size=256)
-    with KVStoreClient("127.0.0.1:50051", token="t0k3n") as client:
+    with KVStoreClient("127.0.0.1:50051", token="t0k3n") as client:  # or KVStoreClient.from_env()
         put = client.put_chunk(ns, "", 0, token_ids[:256], blob, raw_bytes=raw)
         match = client.lookup_prefix(ns, token_ids)
 
@@ -13,11 +13,16 @@ Errors live in :mod:`gearkv.client.errors`; chunk addresses in :mod:`gearkv.clie
 contract's :mod:`gearkv.api.keys`, re-exported under its public name). Both, and the dataclasses,
 import without grpc: the clients (and grpc) load on first access. The SDK depends on the contract
 (``gearkv.api``), never the other way round; the store and the codec import nothing from here.
+
+``gearkv.client.__version__`` is the installed ``gearkv`` distribution's version. ``gearkv`` itself is
+a namespace package spread over client/, store/, worker/, proto/ and bench/ (no ``gearkv/__init__.py``,
+which would hide the other parts), so the version lives here.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
 from gearkv.client import errors, keys
@@ -33,6 +38,11 @@ from gearkv.client._models import (
     TurnStart,
 )
 from gearkv.client._retry import ExponentialJitterBackoff, RetryPolicy
+
+try:
+    __version__ = importlib.metadata.version("gearkv")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree, not installed
+    __version__ = "0+unknown"
 
 if TYPE_CHECKING:
     from gearkv.client._async import AsyncKVStoreClient
@@ -69,6 +79,7 @@ __all__ = [
     "StoreStats",
     "TLSOptions",
     "TurnStart",
+    "__version__",
     "errors",
     "keys",
 ]

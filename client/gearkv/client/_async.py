@@ -45,7 +45,8 @@ class AsyncKVStoreClient(KVStoreClientBase):
     """Asyncio client of the GearKV store; same options, methods and errors as KVStoreClient.
 
     The grpc.aio channel is opened on first use, inside the running event loop; use one client per
-    event loop.
+    event loop. ``AsyncKVStoreClient.from_env()`` reads ``GEARKV_STORE``, ``GEARKV_TOKEN`` and
+    ``GEARKV_STORE_TIMEOUT_S``.
 
     Example::
 
@@ -59,7 +60,8 @@ class AsyncKVStoreClient(KVStoreClientBase):
     def _open(self) -> None:
         self._channel = None
 
-    def _stub(self) -> Any:
+    def _open_channel(self) -> grpc.aio.Channel:
+        self._check_open()
         if self._channel is None:
             options = self._channel_options()
             if self._tls is None:
@@ -69,12 +71,29 @@ class AsyncKVStoreClient(KVStoreClientBase):
                     self._address, self._tls.credentials(), options=options
                 )
             self._astub = wire.kvstore_stub(self._channel)
+        return self._channel
+
+    def _stub(self) -> Any:
+        self._open_channel()
         return self._astub
 
     async def close(self) -> None:
+        """Close the channel; later calls raise ClientClosed. Closing twice is harmless."""
+        self._closed = True
         if self._channel is not None:
             channel, self._channel = self._channel, None
             await channel.close()
+
+    async def ping(self, *, timeout: float | None = None) -> bool:
+        """True when the store answers its health check as SERVING (see KVStoreClient.ping)."""
+        from grpc_health.v1 import health_pb2_grpc
+
+        channel = self._open_channel()
+        with map_rpc_errors():
+            response = await health_pb2_grpc.HealthStub(channel).Check(
+                self._health_request(), **self._call_kwargs(timeout)
+            )
+        return self._parse_health(response)
 
     async def __aenter__(self) -> AsyncKVStoreClient:
         return self
@@ -93,12 +112,15 @@ class AsyncKVStoreClient(KVStoreClientBase):
         start: int,
         token_ids: Sequence[int],
         data: BytesLike,
-        raw_bytes: int,
+        *legacy: int,
+        raw_bytes: int | None = None,
         ttl_s: int = 0,
-        *,
         timeout: float | None = None,
     ) -> PutChunkResult:
-        """Upload one chunk (one message up to 1 MiB, else streamed in parts); idempotent, so retried."""
+        """Upload one chunk (one message up to 1 MiB, else streamed in parts); idempotent, so retried.
+
+        ``raw_bytes`` and ``ttl_s`` are keywords (see KVStoreClient.put_chunk)."""
+        raw_bytes, ttl_s = self._put_sizes(legacy, raw_bytes, ttl_s)
         header, view = self._put_chunk_header(ns, parent_key, start, token_ids, data, raw_bytes, ttl_s)
         kwargs = self._call_kwargs(timeout)
         budget = check_timeout(timeout, self._timeout)

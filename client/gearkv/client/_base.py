@@ -8,10 +8,13 @@ translation of ``grpc.RpcError`` into the SDK's exception tree (:func:`map_rpc_e
 from __future__ import annotations
 
 import math
+import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any, Self
 
 import grpc
 from gearkv.api import limits
@@ -23,10 +26,11 @@ from gearkv.api.v1 import kvstore_pb2 as pb
 from gearkv.api.wire import GetPart, PutPart
 from gearkv.client import _convert
 from gearkv.client._models import Manifest, Namespace
-from gearkv.client._options import CHANNEL_OPTIONS, TLSOptions, parse_target
+from gearkv.client._options import CHANNEL_OPTIONS, ChannelOption, TLSOptions, parse_target
 from gearkv.client._retry import RetryPolicy
 from gearkv.client.errors import (
     ChunkCorrupt,
+    ClientClosed,
     InvalidArgument,
     KVStoreError,
     KVStoreInternalError,
@@ -46,8 +50,15 @@ from gearkv.client.errors import (
 # store (per-part checks, hashing, buffer appends) the total CPU per MiB of client + store came out the
 # same, so uploads use the API's maximum: fewest messages.
 UPLOAD_PART_BYTES = PART_BYTES
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["KVStore"].full_name  # what ping() health-checks
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_PREFETCH = 4
+
+# The environment that from_env() reads: the same names as `gearkv worker`'s --store, --token and
+# --store-timeout flags.
+ENV_STORE = "GEARKV_STORE"
+ENV_TOKEN = "GEARKV_TOKEN"
+ENV_TIMEOUT = "GEARKV_STORE_TIMEOUT_S"
 
 BytesLike = bytes | bytearray | memoryview
 
@@ -124,6 +135,24 @@ check_id = raising_as(InvalidArgument, limits.check_id)  # a commit id, lease id
 check_uint = raising_as(InvalidArgument, limits.check_uint)
 check_token_ids = raising_as(InvalidArgument, limits.check_token_ids)
 check_lease_ms = raising_as(InvalidArgument, limits.check_lease_ms)
+
+
+def check_channel_options(options: Sequence[ChannelOption]) -> tuple[ChannelOption, ...]:
+    """Extra gRPC channel arguments: ``(name, value)`` pairs, name a str, value an int or str."""
+    out = []
+    for option in options:
+        if (
+            not isinstance(option, tuple | list)
+            or len(option) != 2
+            or not isinstance(option[0], str)
+            or isinstance(option[1], bool)
+            or not isinstance(option[1], int | str)
+        ):
+            raise InvalidArgument(
+                "channel_options must be (name, value) pairs: a str name, an int or str value"
+            )
+        out.append((option[0], option[1]))
+    return tuple(out)
 
 
 def check_timeout(timeout: float | None, default: float) -> float:
@@ -225,8 +254,11 @@ class KVStoreClientBase:
         retry: RetryPolicy | None = None,
         verify_digest: bool = True,
         prefetch: int = DEFAULT_PREFETCH,
+        channel_options: Sequence[ChannelOption] = (),
     ) -> None:
+        self._closed = False
         self._address, self._tls = parse_target(target, tls)
+        self._extra_options = check_channel_options(channel_options)
         if token is not None and (not token or not all(0x21 <= ord(c) <= 0x7E for c in token)):
             raise InvalidArgument("token must be non-empty printable ASCII without spaces")
         self._metadata: tuple[tuple[str, str], ...] = (
@@ -242,8 +274,41 @@ class KVStoreClientBase:
         self._small_gets_supported = True
         self._open()
 
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> Self:
+        """A client configured by the environment (``os.environ`` unless ``environ`` is given).
+
+        ``GEARKV_STORE`` (required): the target; ``GEARKV_TOKEN``: the bearer token;
+        ``GEARKV_STORE_TIMEOUT_S``: the default deadline in seconds; the same variables as
+        ``gearkv worker``. Keyword arguments (``tls=``, ``retry=``, ``channel_options=``, ...) are
+        passed on and win over the environment. Raises InvalidArgument naming a missing or bad one.
+        """
+        env = os.environ if environ is None else environ
+        if "target" not in kwargs:
+            if not env.get(ENV_STORE):
+                raise InvalidArgument(f"{ENV_STORE} is not set (the store's target, e.g. 127.0.0.1:50051)")
+            kwargs["target"] = env[ENV_STORE]
+        if "token" not in kwargs and env.get(ENV_TOKEN):
+            kwargs["token"] = env[ENV_TOKEN]
+        if "timeout" not in kwargs and env.get(ENV_TIMEOUT):
+            try:
+                kwargs["timeout"] = check_timeout(float(env[ENV_TIMEOUT]), DEFAULT_TIMEOUT_S)
+            except (ValueError, InvalidArgument) as err:
+                raise InvalidArgument(f"{ENV_TIMEOUT} must be a positive number of seconds") from err
+        target = kwargs.pop("target")
+        return cls(target, **kwargs)
+
     def _open(self) -> None:
         """Create the channel and stub (the sync client at once, the async one on first use)."""
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosed(f"{type(self).__name__} for {self._address} is closed")
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (every call then raises ClientClosed)."""
+        return self._closed
 
     def __repr__(self) -> str:  # the token never appears
         return f"{type(self).__name__}({self._address!r}, tls={self._tls is not None})"
@@ -252,9 +317,12 @@ class KVStoreClientBase:
     def target(self) -> str:
         return self._address
 
-    def _channel_options(self) -> list[tuple[str, int | str]]:
-        extra = self._tls.channel_options() if self._tls else ()
-        return [*CHANNEL_OPTIONS, *extra]
+    def _channel_options(self) -> list[ChannelOption]:
+        """The SDK's options, then TLS's, then the caller's; a later option replaces an earlier one
+        of the same name (so ``channel_options`` can override the SDK's, e.g. the lb policy)."""
+        tls = self._tls.channel_options() if self._tls else ()
+        merged = dict([*CHANNEL_OPTIONS, *tls, *self._extra_options])
+        return list(merged.items())
 
     def _call_kwargs(self, timeout: float | None) -> dict[str, object]:
         return {"timeout": check_timeout(timeout, self._timeout), "metadata": self._metadata}
@@ -271,6 +339,39 @@ class KVStoreClientBase:
         return {"timeout": left, "metadata": self._metadata}
 
     # ---- requests ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _put_sizes(legacy: tuple[int, ...], raw_bytes: int | None, ttl_s: int) -> tuple[int, int]:
+        """``raw_bytes`` and ``ttl_s`` of a put_chunk call, from the keywords or (deprecated, kept
+        for one release) the old positional form ``put_chunk(ns, parent, start, ids, data, raw, ttl)``."""
+        if legacy:
+            if len(legacy) > 2 or raw_bytes is not None or (len(legacy) == 2 and ttl_s):
+                raise TypeError("put_chunk() takes raw_bytes= and ttl_s= as keywords")
+            warnings.warn(
+                "put_chunk(..., data, raw_bytes, ttl_s) with positional sizes is deprecated and will be "
+                "removed in the next release: pass raw_bytes= (and ttl_s=) as keywords",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            raw_bytes = legacy[0]
+            ttl_s = legacy[1] if len(legacy) == 2 else ttl_s
+        if raw_bytes is None:
+            raise TypeError("put_chunk() missing required keyword argument: 'raw_bytes'")
+        return raw_bytes, ttl_s
+
+    @staticmethod
+    def _health_request() -> Any:
+        from grpc_health.v1 import health_pb2
+
+        return health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+
+    def _parse_health(self, response: Any) -> bool:
+        from grpc_health.v1 import health_pb2
+
+        if response.status != health_pb2.HealthCheckResponse.SERVING:
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+            raise KVStoreUnavailable(f"store {self._address} reports {status}", code=None)
+        return True
 
     @staticmethod
     def _put_chunk_header(

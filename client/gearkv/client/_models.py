@@ -1,14 +1,17 @@
 """Frozen dataclasses mirroring the v1 proto messages the SDK hands out and takes in.
 
 Callers never touch generated protobuf classes; ``_convert`` is the one place that maps between the
-two. Sequences are tuples (lists passed in are converted), attributes a plain dict. ``Namespace`` and
+two. Sequences are tuples: a ``Manifest`` takes any iterable (list, tuple, ``range``, numpy array) and
+keeps a tuple, and its type hints say so; attributes are a plain dict. ``Namespace`` and
 ``SessionSummary`` are the API contract's own (gearkv.api.keys, gearkv.api.records), shared with the store.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gearkv.api.keys import Namespace
 from gearkv.api.records import SessionSummary
@@ -72,9 +75,31 @@ class Manifest:
     stored_bytes: int = 0
     attributes: Mapping[str, str] = field(default_factory=dict)
 
+    if TYPE_CHECKING:  # what the generated __init__ accepts: any iterable, stored as a tuple
+
+        def __init__(
+            self,
+            session_id: str,
+            namespace: Namespace,
+            token_ids: Iterable[int] = (),
+            chunks: Iterable[ChunkRef] = (),
+            messages: Iterable[ChatMessage] = (),
+            turns: int = 0,
+            version: int = 0,
+            created_ms: int = 0,
+            updated_ms: int = 0,
+            raw_bytes: int = 0,
+            stored_bytes: int = 0,
+            attributes: Mapping[str, str] = ...,
+        ) -> None: ...
+
     def __post_init__(self) -> None:
-        # Accept any iterables (lists, arrays) but keep the instance immutable and hash-free of lists.
-        for name in ("token_ids", "chunks", "messages"):
+        # Accept any iterables (lists, ranges, arrays) but keep the instance immutable: tuples, and
+        # token ids as Python ints (numpy integers included; floats and bools-as-floats refused).
+        ids = self.token_ids
+        if not (isinstance(ids, tuple) and all(type(t) is int for t in ids)):
+            object.__setattr__(self, "token_ids", tuple(map(operator.index, ids)))
+        for name in ("chunks", "messages"):
             value: Iterable[object] = getattr(self, name)
             if not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))

@@ -14,13 +14,22 @@ from pathlib import Path
 import grpc
 from gearkv.client.errors import InvalidArgument
 
-__all__ = ["CHANNEL_OPTIONS", "MAX_MESSAGE_BYTES", "TLSOptions", "parse_target"]
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "GRPC_SCHEMES",
+    "MAX_MESSAGE_BYTES",
+    "ChannelOption",
+    "TLSOptions",
+    "parse_target",
+]
 
 # Chunk parts are <= 1 MiB, but a manifest or lookup with 1,048,576 token ids takes up to ~5 MiB; the
 # store's default cap is the same 8 MiB.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
-CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
+ChannelOption = tuple[str, int | str]
+
+CHANNEL_OPTIONS: tuple[ChannelOption, ...] = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     # The SDK retries itself (gRPC's own retry gives up on requests over 256 KiB).
@@ -31,6 +40,10 @@ CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2_000),
+    # A target that resolves to several stores (dns:/// with several records, an ipv4:/ipv6: list)
+    # spreads calls over all of them; every store of a deployment serves every call. Calls are
+    # independent (a commit's chunks may go to one store and the commit to another).
+    ("grpc.lb_policy_name", "round_robin"),
 )
 
 
@@ -83,19 +96,41 @@ class TLSOptions:
             certificate_chain=self.certificate_chain,
         )
 
-    def channel_options(self) -> tuple[tuple[str, int | str], ...]:
+    def channel_options(self) -> tuple[ChannelOption, ...]:
         if self.server_name_override:
             return (("grpc.ssl_target_name_override", self.server_name_override),)
         return ()
 
 
-def parse_target(target: str, tls: TLSOptions | None) -> tuple[str, TLSOptions | None]:
-    """Split ``host:port``, ``grpc://host:port`` or ``grpcs://host:port`` into address and TLS.
+# gRPC's own name-resolver schemes, passed to grpc unchanged (https://grpc.github.io/grpc/core/md_doc_naming.html).
+GRPC_SCHEMES = ("dns", "unix", "unix-abstract", "ipv4", "ipv6")
+_TARGET_HELP = (
+    "target must be 'host:port', 'grpc://host:port', 'grpcs://host:port' or a gRPC target "
+    "('dns:///host:port', 'unix:/path', 'unix:///abs/path', 'ipv4:a:p,b:p', 'ipv6:[::1]:p')"
+)
 
-    ``grpcs://`` without explicit options means TLS with the system's root certificates.
+
+def parse_target(target: str, tls: TLSOptions | None) -> tuple[str, TLSOptions | None]:
+    """Split a target into the address grpc dials and the TLS options (None: plaintext).
+
+    - ``host:port`` (``[::1]:port`` for IPv6): as is; TLS only with ``tls``.
+    - ``grpc://host:port``: plaintext (``tls`` is refused); ``grpcs://host:port``: TLS, with the
+      system's root certificates unless ``tls`` says otherwise.
+    - gRPC's own target syntax goes to grpc unchanged, TLS only with ``tls``: ``dns:///host:port``
+      (every address the name resolves to; calls spread over them: round_robin, see ``CHANNEL_OPTIONS``),
+      ``dns://dns-server/host:port``, ``unix:relative/or/abs/path``, ``unix:///abs/path``,
+      ``unix-abstract:name``, and address lists ``ipv4:10.0.0.1:50051,10.0.0.2:50051`` or
+      ``ipv6:[::1]:50051,[::2]:50051``.
     """
-    if not isinstance(target, str) or not target.strip():
-        raise InvalidArgument("target must be 'host:port', 'grpc://host:port' or 'grpcs://host:port'")
+    if not isinstance(target, str) or not target.strip() or target != target.strip():
+        raise InvalidArgument(_TARGET_HELP)
+    scheme, colon, rest = target.partition(":")
+    if colon and scheme in GRPC_SCHEMES:
+        if not rest.strip("/") or any(c.isspace() for c in target):
+            raise InvalidArgument(_TARGET_HELP)
+        if scheme in ("ipv4", "ipv6") and not all(rest.split(",")):
+            raise InvalidArgument(f"target: {scheme}: takes addresses (with :port) separated by commas")
+        return target, tls
     scheme, sep, rest = target.partition("://")
     if not sep:
         return target, tls
@@ -106,7 +141,7 @@ def parse_target(target: str, tls: TLSOptions | None) -> tuple[str, TLSOptions |
     elif scheme == "grpcs":
         address, tls = rest, tls or TLSOptions()
     else:
-        raise InvalidArgument(f"target: unsupported scheme {scheme!r} (use grpc:// or grpcs://)")
+        raise InvalidArgument(f"target: unsupported scheme {scheme!r}; {_TARGET_HELP}")
     if not address or "/" in address:
-        raise InvalidArgument("target must be 'host:port', 'grpc://host:port' or 'grpcs://host:port'")
+        raise InvalidArgument(_TARGET_HELP)
     return address, tls

@@ -61,8 +61,13 @@ class KVStoreClient(KVStoreClientBase):
             put = client.put_chunk(ns, "", 0, token_ids[:256], blob, raw_bytes=raw)
             assert client.get_chunk(put.key) == blob
 
+    ``KVStoreClient.from_env()`` reads the target, token and timeout from ``GEARKV_STORE``,
+    ``GEARKV_TOKEN`` and ``GEARKV_STORE_TIMEOUT_S``.
+
     Args:
-        target: ``host:port``, ``grpc://host:port`` or ``grpcs://host:port``.
+        target: ``host:port``, ``grpc://host:port``, ``grpcs://host:port`` or a gRPC target:
+            ``dns:///host:port`` (calls spread round robin over every address it resolves to),
+            ``unix:/path``, ``unix:///abs/path``, ``ipv4:a:port,b:port``, ``ipv6:[::1]:port``.
         token: the tenant's bearer token.
         timeout: default deadline of a call in seconds; for unary calls it bounds the whole call,
             retries and backoff included (a chunk upload or download bounds each attempt).
@@ -70,6 +75,8 @@ class KVStoreClient(KVStoreClientBase):
         retry: retry policy for idempotent calls (default: 3 attempts on UNAVAILABLE/DEADLINE).
         verify_digest: recompute each pulled chunk's XXH3-128 digest (default; ~0.03 ms per MiB).
         prefetch: how many chunk downloads ``get_chunks`` keeps in flight.
+        channel_options: extra gRPC channel arguments ``(name, value)``, applied after the SDK's
+            own (same name: yours wins), e.g. ``[("grpc.lb_policy_name", "pick_first")]``.
     """
 
     def _open(self) -> None:
@@ -78,10 +85,32 @@ class KVStoreClient(KVStoreClientBase):
             self._channel = grpc.insecure_channel(self._address, options=options)
         else:
             self._channel = grpc.secure_channel(self._address, self._tls.credentials(), options=options)
-        self._stub = wire.kvstore_stub(self._channel)
+        self._open_stub = wire.kvstore_stub(self._channel)
+
+    @property
+    def _stub(self) -> Any:
+        self._check_open()
+        return self._open_stub
 
     def close(self) -> None:
+        """Close the channel; later calls raise ClientClosed. Closing twice is harmless."""
+        self._closed = True
         self._channel.close()
+
+    def ping(self, *, timeout: float | None = None) -> bool:
+        """True when the store answers its gRPC health check as SERVING.
+
+        Raises KVStoreUnavailable when it cannot be reached or reports NOT_SERVING (e.g. its Redis
+        is down), KVStoreTimeout when it does not answer in time. Not retried: a probe.
+        """
+        from grpc_health.v1 import health_pb2_grpc
+
+        self._check_open()
+        with map_rpc_errors():
+            response = health_pb2_grpc.HealthStub(self._channel).Check(
+                self._health_request(), **self._call_kwargs(timeout)
+            )
+        return self._parse_health(response)
 
     def __enter__(self) -> KVStoreClient:
         return self
@@ -100,15 +129,19 @@ class KVStoreClient(KVStoreClientBase):
         start: int,
         token_ids: Sequence[int],
         data: BytesLike,
-        raw_bytes: int,
+        *legacy: int,
+        raw_bytes: int | None = None,
         ttl_s: int = 0,
-        *,
         timeout: float | None = None,
     ) -> PutChunkResult:
         """Upload one chunk (one message up to 1 MiB, else streamed in parts); idempotent, so retried.
 
         The key is ``keys.chunk_key(ns, parent_key, start, token_ids)``; the result carries it.
+        ``raw_bytes`` (required): the same KV's uncompressed 16-bit size; ``ttl_s``: 0 = the store's
+        default. Both are keywords (positional sizes still work for one release, with a
+        DeprecationWarning).
         """
+        raw_bytes, ttl_s = self._put_sizes(legacy, raw_bytes, ttl_s)
         header, view = self._put_chunk_header(ns, parent_key, start, token_ids, data, raw_bytes, ttl_s)
         kwargs = self._call_kwargs(timeout)
         budget = check_timeout(timeout, self._timeout)

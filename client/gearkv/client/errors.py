@@ -26,7 +26,8 @@ This module imports neither grpc nor redis.
         │   └── TurnInProgress       ABORTED from begin_turn: another worker runs a turn of the session
         ├── PreconditionFailed       FAILED_PRECONDITION: the manifest names a missing chunk
         ├── QuotaExceeded            RESOURCE_EXHAUSTED naming the tenant's byte quota
-        └── KVStoreInternalError     UNKNOWN, INTERNAL, UNIMPLEMENTED: a bug on one side
+        ├── KVStoreInternalError     UNKNOWN, INTERNAL, UNIMPLEMENTED: a bug on one side
+        └── ClientClosed             the client was closed (no call is sent; never retried)
 
 Example::
 
@@ -43,6 +44,7 @@ from gearkv.api.errors import GearKVError
 __all__ = [
     "ChunkCorrupt",
     "ChunkNotFound",
+    "ClientClosed",
     "GearKVError",
     "InvalidArgument",
     "KVStoreError",
@@ -133,3 +135,7 @@ class QuotaExceeded(KVStoreError):
 
 class KVStoreInternalError(KVStoreError):
     """UNKNOWN, INTERNAL or UNIMPLEMENTED: a bug or a version mismatch between SDK and store."""
+
+
+class ClientClosed(KVStoreError):
+    """A call on a client after its ``close()`` (or its ``with`` block): nothing was sent."""
