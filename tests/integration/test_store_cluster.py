@@ -11,7 +11,7 @@ import pytest
 import redis
 from gearkv.api.keys import Namespace, chain
 from gearkv.api.v1 import kvstore_pb2 as pb
-from gearkv.store.backend import chunk_redis_key, manifest_redis_key, session_meta_redis_key
+from gearkv.store.redis_keys import chunk_redis_key, manifest_redis_key, session_meta_redis_key
 from support.kv import code_of, commit, get_chunk, manifest, ns_proto, payload_for, put_chunk, stub_for
 from support.redis_procs import RedisCluster, wait_until
 from support.store import StoreHandle

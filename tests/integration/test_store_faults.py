@@ -11,8 +11,8 @@ import pytest
 from gearkv.api.keys import Namespace, chain
 from gearkv.api.v1 import kvstore_pb2 as pb
 from gearkv.api.v1 import kvstore_pb2_grpc as pb_grpc
-from gearkv.store.backend import chunk_redis_key, manifest_redis_key
 from gearkv.store.local import health_serving
+from gearkv.store.redis_keys import chunk_redis_key, manifest_redis_key
 from support.kv import (
     code_of,
     commit,

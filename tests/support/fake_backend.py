@@ -7,7 +7,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gearkv.api.records import SessionSummary
-from gearkv.store.backend import COMMIT_IDS_KEPT, CommitOutcome, TenantUsage, TurnStart
+from gearkv.store.backend import (
+    COMMIT_IDS_KEPT,
+    CommitOutcome,
+    ManifestMark,
+    SessionHead,
+    TenantUsage,
+    TurnStart,
+)
 from gearkv.store.errors import Aborted, ResourceExhausted
 
 
@@ -30,6 +37,7 @@ class FakeBackend:
         self.sizes: dict[tuple[str, str], tuple[int, int]] = {}
         self.sessions: dict[tuple[str, str], tuple[bytes, SessionSummary]] = {}
         self.commits: dict[tuple[str, str], dict[str, int]] = {}  # the last commit ids, their versions
+        self.marks: dict[tuple[str, str], ManifestMark] = {}
         self.touched: list[str] = []
         self.leases: dict[tuple[str, str], _Lease] = {}
 
@@ -80,6 +88,12 @@ class FakeBackend:
         entry = self.sessions.get((tenant, session_id))
         return entry[0] if entry else None
 
+    async def session_head(self, tenant: str, session_id: str) -> SessionHead | None:
+        current = self.sessions.get((tenant, session_id))
+        if current is None:
+            return None
+        return SessionHead(current[1].version, self.marks.get((tenant, session_id)))
+
     async def commit_session(
         self,
         tenant: str,
@@ -90,6 +104,8 @@ class FakeBackend:
         manifest: bytes,
         summary: SessionSummary,
         ttl_ms: int,
+        mark: ManifestMark,
+        base: ManifestMark | None = None,
         holder: str = "",
         lease_id: str = "",
     ) -> CommitOutcome:
@@ -103,7 +119,10 @@ class FakeBackend:
         version = current[1].version if current else 0
         if version != expected_version:
             raise Aborted(f"expected_version {expected_version} does not match {version}")
+        if base is not None and self.marks.get((tenant, session_id)) != base:
+            raise Aborted("the session changed while the commit was checked")
         self.sessions[(tenant, session_id)] = (manifest, summary)
+        self.marks[(tenant, session_id)] = mark
         if lease and lease_id and lease.lease_id == lease_id:
             del self.leases[(tenant, session_id)]
         seen[commit_id] = version + 1
@@ -150,6 +169,7 @@ class FakeBackend:
     async def delete_session(self, tenant: str, session_id: str) -> bool:
         self.commits.pop((tenant, session_id), None)
         self.leases.pop((tenant, session_id), None)
+        self.marks.pop((tenant, session_id), None)
         return self.sessions.pop((tenant, session_id), None) is not None
 
     async def list_sessions(self, tenant: str, after: str, limit: int) -> tuple[list[SessionSummary], str]:

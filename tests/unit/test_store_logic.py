@@ -10,11 +10,14 @@ from typing import Any
 
 import pytest
 from gearkv.api.keys import Namespace, chain
+from gearkv.api.records import SessionSummary
 from gearkv.api.v1 import kvstore_pb2 as pb
 from gearkv.store import validation
 from gearkv.store.auth import Authenticator, hash_token, parse_tenants
+from gearkv.store.backend import ManifestMark, SessionHead
 from gearkv.store.chunk_format import ChunkMeta, CorruptValue, decode_value, encode_value, payload_digest
 from gearkv.store.cli import build_parser, config_from_args
+from gearkv.store.commits import CommitPlan, plan_commit, shared_prefix
 from gearkv.store.config import StoreConfig, TenantConfig
 from gearkv.store.context import tenant_var
 from gearkv.store.errors import (
@@ -27,6 +30,7 @@ from gearkv.store.errors import (
     Unauthenticated,
 )
 from gearkv.store.metrics import StoreMetrics
+from gearkv.store.prefix import chain_keys, chain_start, common_prefix, manifest_candidates, match_prefix
 from gearkv.store.servicer import KVStoreServicer
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -327,6 +331,107 @@ async def test_commit_rules(servicer: KVStoreServicer, backend: FakeBackend) -> 
         await servicer.CommitTurn(pb.CommitTurnRequest(manifest=m, commit_id="c3", expected_version=1), None)
     stored = validation.decode_manifest(backend.sessions[("alice", "s")][0])
     assert stored.version == 1 and stored.created_ms == stored.updated_ms and stored.stored_bytes == 2000
+
+
+async def test_a_commit_verifies_only_the_chunks_it_adds(
+    servicer: KVStoreServicer, backend: FakeBackend
+) -> None:
+    tokens = list(range(10))  # chunks [0,4) [4,8) and the tail [8,10)
+    spans = await _push(servicer, tokens)
+    await servicer.CommitTurn(
+        pb.CommitTurnRequest(manifest=manifest("s", NS, tokens, spans), commit_id="c1"), None
+    )
+    created = validation.decode_manifest(backend.sessions[("alice", "s")][0]).created_ms
+    longer = [*tokens, 10, 11, 12, 13, 14]  # the tail is superseded by [8,12); a new tail [12,15)
+    spans2 = await _push(servicer, longer)
+    backend.touched.clear()
+    m2 = manifest("s", NS, longer, spans2, turns=2)
+    req = pb.CommitTurnRequest(manifest=m2, commit_id="c2", expected_version=1)
+    assert (await servicer.CommitTurn(req, None)).version == 2
+    assert backend.touched == [s.key for s in spans2[2:]]
+    stored = validation.decode_manifest(backend.sessions[("alice", "s")][0])
+    assert stored.created_ms == created and stored.updated_ms >= created
+    # A chunk the turn adds must exist; an old one that expired is found by the next lookup instead.
+    even_longer = [*longer, 15, 16]
+    spans3 = chain(NS, even_longer)
+    backend.expire("alice", spans2[0].key)
+    req = pb.CommitTurnRequest(
+        manifest=manifest("s", NS, even_longer, spans3), commit_id="c3", expected_version=2
+    )
+    with pytest.raises(FailedPrecondition, match=r"manifest.chunks\[3\]"):
+        await servicer.CommitTurn(req, None)
+
+
+def test_plan_commit() -> None:
+    keys = ["k0", "k1", "k2", "k3"]
+    mark = ManifestMark.of(["k0", "k1", "t2"], created_ms=5, verified_ms=1000)
+    assert ManifestMark.decode(mark.encode()) == mark and ManifestMark.decode("junk") is None
+    head = SessionHead(3, mark)
+    assert shared_prefix(mark, keys) == 2  # its tail "t2" was superseded by k2
+    assert shared_prefix(ManifestMark.of(keys[:3], 5, 1000), keys) == 3
+    assert shared_prefix(ManifestMark.of(["x0", "x1"], 5, 1000), keys) == 0
+    assert plan_commit(head, 3, keys, 2000, 10_000) == CommitPlan(2, mark, 5, 1000)
+    assert plan_commit(head, 3, keys[:2], 2000, 10_000) == CommitPlan(1, mark, 5, 1000)  # last: verified
+    assert plan_commit(head, 3, keys, 20_000, 10_000) == CommitPlan(0, mark, 5, 20_000)  # due again
+    assert plan_commit(head, 2, keys, 2000, 10_000) == CommitPlan(0, None, 2000, 2000)  # stale version
+    assert plan_commit(None, 0, keys, 2000, 10_000) == CommitPlan(0, None, 2000, 2000)
+    assert plan_commit(SessionHead(3, None), 3, keys, 2000, 10_000) == CommitPlan(0, None, None, 2000)
+
+
+async def test_a_commit_relying_on_a_changed_mark_is_aborted(backend: FakeBackend) -> None:
+    summary = SessionSummary("s", 1, 1, 4, 0, 0, 0)
+    one = ManifestMark.of(["a"], 1, 1)
+    await backend.commit_session(
+        "alice",
+        "s",
+        expected_version=0,
+        commit_id="c1",
+        manifest=b"m",
+        summary=summary,
+        ttl_ms=1000,
+        mark=one,
+    )
+    with pytest.raises(Aborted):
+        await backend.commit_session(
+            "alice",
+            "s",
+            expected_version=1,
+            commit_id="c2",
+            manifest=b"m",
+            summary=summary,
+            ttl_ms=1000,
+            mark=one,
+            base=ManifestMark.of(["b"], 1, 1),
+        )
+
+
+def test_prefix_pure_steps() -> None:
+    assert common_prefix([1, 2, 3, 4], [1, 2, 9]) == 2 and common_prefix([], [1]) == 0
+    tokens = list(range(10))
+    spans = chain(NS, tokens)
+    m = manifest("s", NS, tokens, spans)
+    wanted, common = manifest_candidates(m, [0, 1, 2, 3, 4, 99])
+    assert common == 5 and [c.end for c in wanted] == [4, 8]
+    assert chain_start(m.chunks, 10, 4) == 2 and chain_start(m.chunks, 6, 4) == 1
+    assert chain_keys(NS, tokens, "", 0) == [s.key for s in spans[:2]]
+    assert chain_keys(NS, tokens, spans[0].key, 1) == [spans[1].key]
+
+
+async def test_match_prefix_on_the_fake_backend(servicer: KVStoreServicer, backend: FakeBackend) -> None:
+    tokens = list(range(10))
+    spans = await _push(servicer, tokens)
+    m = manifest("s", NS, tokens, spans)
+    got = await match_prefix(backend, "alice", NS, tokens, m, 1000)
+    assert got.matched == 10 and got.reason == "" and len(got.chunks) == 3
+    got = await match_prefix(backend, "alice", NS, [*tokens, 1], None, 1000)
+    assert got.matched == 8 and got.reason == "not_stored"
+    other = pb.Manifest()
+    other.CopyFrom(m)
+    other.namespace.fingerprint = "another"
+    got = await match_prefix(backend, "alice", NS, [7, 7], other, 1000)
+    assert got.matched == 0 and got.reason == "namespace_mismatch"
+    got = await match_prefix(backend, "alice", NS, [*tokens, 1], other, 1000)  # the chain still helps
+    assert got.matched == 8 and got.reason == "not_stored"
 
 
 async def test_quota_error_passes_through(servicer: KVStoreServicer, backend: FakeBackend) -> None:

@@ -9,6 +9,7 @@
     gearkv.api.digest    the XXH3-128 payload digest chunks carry
     gearkv.api.wire      zero-copy framing of the chunk streams (grpc + protobuf)
     gearkv.api.records   plain records of API data (SessionSummary)
+    gearkv.api.backoff   ExponentialJitterBackoff: pure retry backoff math (SDK and store)
 
 Imports run one way: the SDK (``gearkv.client``), the store (``gearkv.store``) and the codec's error
 root import this package; it imports none of them, and the store never imports the SDK. Nothing is

@@ -1,42 +1,22 @@
-"""The storage interface the servicer talks to, its plain data types, and the Redis key layout.
-
-Key layout (tenant names and session ids are validated, so they never contain braces):
-
-    gkv:c:<tenant>:<chunk key>           one chunk value (no hash tag: chunks spread over all slots)
-    gkv:s:{<tenant>:<session>}:m         the session's manifest             } one hash tag: a commit is
-    gkv:s:{<tenant>:<session>}:h         version, last commit ids, summary  } a single-slot transaction
-    gkv:s:{<tenant>:<session>}:l         the turn lease: holder, id, until, lost }
-    gkv:t:{<tenant>}:sessions            sorted set of session ids (a superset; pruned lazily)
-    gkv:t:{<tenant>}:ledger|sizes|usage  chunk byte accounting for quotas and stats
-"""
+"""The storage interface the servicer talks to and its plain data types (no storage layout here:
+each backend keeps its own, e.g. ``gearkv.store.redis_keys``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from gearkv.api.records import SessionSummary
 
 
-def chunk_redis_key(tenant: str, key: str) -> str:
-    return f"gkv:c:{tenant}:{key}"
+def __getattr__(name: str) -> Any:
+    """``chunk_redis_key`` moved to ``gearkv.store.redis_keys``; bench/ still imports it from here."""
+    if name == "chunk_redis_key":
+        from gearkv.store import redis_keys
 
-
-def manifest_redis_key(tenant: str, session_id: str) -> str:
-    return f"gkv:s:{{{tenant}:{session_id}}}:m"
-
-
-def session_meta_redis_key(tenant: str, session_id: str) -> str:
-    return f"gkv:s:{{{tenant}:{session_id}}}:h"
-
-
-def lease_redis_key(tenant: str, session_id: str) -> str:
-    return f"gkv:s:{{{tenant}:{session_id}}}:l"
-
-
-def tenant_redis_key(tenant: str, what: str) -> str:
-    return f"gkv:t:{{{tenant}}}:{what}"
+        return redis_keys.chunk_redis_key
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # A retry of one of a session's last COMMIT_IDS_KEPT commits replays the version it produced; an
@@ -50,6 +30,51 @@ class CommitOutcome:
 
     version: int
     applied: bool
+
+
+@dataclass(frozen=True)
+class ManifestMark:
+    """A compact record of a session's current manifest, kept (and compared) by the commit that wrote it.
+
+    Chunk keys are chained (each hashes its parent's key and every token before it, and a manifest's
+    chunks are validated to chain), so a new manifest whose chunk ``i`` has the key the current one
+    has at ``i`` shares the current manifest's chunks ``0..i``. The mark keeps the current manifest's
+    last two keys: its last chunk (a turn appended after it) and the one before (a turn whose first
+    full chunk superseded the last, partial one). ``verified_ms`` is when every chunk of the manifest
+    was last checked to exist and given a fresh TTL (the store's clock).
+    """
+
+    chunks: int
+    last_key: str
+    prev_key: str
+    created_ms: int
+    verified_ms: int
+
+    def encode(self) -> str:
+        return f"{self.chunks}:{self.created_ms}:{self.verified_ms}:{self.last_key}:{self.prev_key}"
+
+    @classmethod
+    def decode(cls, text: str) -> ManifestMark | None:
+        """The mark ``encode`` wrote, or None for anything else (then a commit verifies every chunk)."""
+        parts = text.split(":")
+        if len(parts) != 5 or not all(p.isdigit() for p in parts[:3]):
+            return None
+        return cls(int(parts[0]), parts[3], parts[4], int(parts[1]), int(parts[2]))
+
+    @classmethod
+    def of(cls, keys: Sequence[str], created_ms: int, verified_ms: int) -> ManifestMark:
+        """The mark of a manifest whose chunk keys are ``keys``."""
+        last = keys[-1] if keys else ""
+        prev = keys[-2] if len(keys) > 1 else ""
+        return cls(len(keys), last, prev, created_ms, verified_ms)
+
+
+@dataclass(frozen=True)
+class SessionHead:
+    """A session's version and its manifest's mark (None for a manifest written without one)."""
+
+    version: int
+    mark: ManifestMark | None
 
 
 @dataclass(frozen=True)
@@ -119,6 +144,10 @@ class Backend(Protocol):
         """The manifest value (TTLs refreshed), or None."""
         ...
 
+    async def session_head(self, tenant: str, session_id: str) -> SessionHead | None:
+        """The session's version and manifest mark without its manifest; None when there is no session."""
+        ...
+
     async def begin_turn(
         self,
         tenant: str,
@@ -147,12 +176,17 @@ class Backend(Protocol):
         manifest: bytes,
         summary: SessionSummary,
         ttl_ms: int,
+        mark: ManifestMark,
+        base: ManifestMark | None = None,
         holder: str = "",
         lease_id: str = "",
     ) -> CommitOutcome:
-        """Compare-and-set the manifest; gives back ``lease_id`` when it is the session's lease.
+        """Compare-and-set the manifest (and its ``mark``); gives back ``lease_id`` when it is the session's
+        lease. ``base`` is the mark the caller read and relied on: the commit applies only while it is
+        still the session's mark.
 
-        Raises Aborted on a version mismatch, or (with a ``holder``) while another holder's lease is live.
+        Raises Aborted on a version mismatch, a changed ``base``, or (with a ``holder``) while another
+        holder's lease is live.
         """
         ...
 

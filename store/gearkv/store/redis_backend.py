@@ -12,29 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from gearkv.api.backoff import ExponentialJitterBackoff
 from gearkv.api.records import SessionSummary
-from gearkv.store.backend import (
-    COMMIT_IDS_KEPT,
-    CommitOutcome,
-    TenantUsage,
-    TurnStart,
-    chunk_redis_key,
-    lease_redis_key,
-    manifest_redis_key,
-    session_meta_redis_key,
-    tenant_redis_key,
-)
+from gearkv.store import lua
+from gearkv.store.backend import CommitOutcome, ManifestMark, SessionHead, TenantUsage, TurnStart
 from gearkv.store.config import StoreConfig
 from gearkv.store.context import deadline_var
 from gearkv.store.errors import Aborted, BackendUnavailable, ResourceExhausted, StoreError
 from gearkv.store.metrics import StoreMetrics
+from gearkv.store.redis_keys import (
+    chunk_redis_key,
+    lease_redis_key,
+    manifest_redis_key,
+    session_meta_redis_key,
+    session_redis_keys,
+    tenant_redis_key,
+)
 from redis import exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
@@ -47,165 +46,8 @@ BATCH = 256
 # SET then fail (out of memory, a deadline), the reaper releases the charge within a minute instead of
 # holding it for the chunk TTL; a chunk that was written is simply re-scored to its real expiry.
 PROVISIONAL_CHARGE_MS = 60_000
-
-# Charge a new chunk to the tenant unless it is already accounted; -1 = over quota (nothing changed).
-_RESERVE = """
-local known = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if known then
-  if tonumber(ARGV[4]) > tonumber(known) then redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1]) end
-  return 1
-end
-local quota = tonumber(ARGV[5])
-local used = tonumber(redis.call('HGET', KEYS[3], 'stored') or '0')
-if quota > 0 and used + tonumber(ARGV[2]) > quota then return -1 end
-redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ':' .. ARGV[3])
-redis.call('HINCRBY', KEYS[3], 'stored', ARGV[2])
-redis.call('HINCRBY', KEYS[3], 'raw', ARGV[3])
-redis.call('HINCRBY', KEYS[3], 'chunks', 1)
-return 0
-"""
-
-# Standalone Redis, no quota: refresh the chunk's TTL if it exists (1 = deduplicated), else charge
-# it to the tenant (0). Pipelined with the SET NX that writes the value: one round trip per upload.
-# KEYS: chunk, ledger, sizes, usage. ARGV: member, stored, raw, expires, ttl_ms.
-_CLAIM = """
-if redis.call('PEXPIRE', KEYS[1], ARGV[5]) == 1 then return 1 end
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
-  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. ':' .. ARGV[3])
-  redis.call('HINCRBY', KEYS[4], 'stored', ARGV[2])
-  redis.call('HINCRBY', KEYS[4], 'raw', ARGV[3])
-  redis.call('HINCRBY', KEYS[4], 'chunks', 1)
-end
-return 0
-"""
-
-# Settle ledger entries whose expiry passed: re-score chunks still alive, release the gone ones.
-_SETTLE = """
-local now = tonumber(ARGV[1])
-for i = 2, #ARGV, 2 do
-  local member = ARGV[i]
-  local pttl = tonumber(ARGV[i + 1])
-  if pttl > 0 then
-    redis.call('ZADD', KEYS[1], 'XX', now + pttl, member)
-  elseif pttl == -1 then
-    redis.call('ZADD', KEYS[1], 'XX', now + 86400000, member)
-  else
-    local sizes = redis.call('HGET', KEYS[2], member)
-    if sizes then
-      local sep = string.find(sizes, ':')
-      redis.call('HINCRBY', KEYS[3], 'stored', -tonumber(string.sub(sizes, 1, sep - 1)))
-      redis.call('HINCRBY', KEYS[3], 'raw', -tonumber(string.sub(sizes, sep + 1)))
-      redis.call('HINCRBY', KEYS[3], 'chunks', -1)
-      redis.call('HDEL', KEYS[2], member)
-    end
-    redis.call('ZREM', KEYS[1], member)
-  end
-end
-return 0
-"""
-
-# Milliseconds on the Redis server's clock: leases of every store replica share one clock.
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-# The hash keeps the last COMMIT_IDS_KEPT commit ids as fields c<version>, so it does not grow with
-# the session's turns.
-# Compare-and-set commit of one session (KEYS share a hash tag: one slot, atomic). A live lease of
-# another holder refuses it ({3, holder, ms left}); the commit gives back its own lease.
-# KEYS: manifest, meta, lease. ARGV: expected, commit id, manifest, ttl, turns, tokens, raw, stored,
-# updated, holder, lease id.
-_COMMIT = (
-    f"local KEPT = {COMMIT_IDS_KEPT}\n"
-    + _NOW
-    + """
-local cur = 0
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  cur = tonumber(redis.call('HGET', KEYS[2], 'v') or '0')
-end
-for i = cur, math.max(1, cur - KEPT + 1), -1 do
-  if redis.call('HGET', KEYS[2], 'c' .. i) == ARGV[2] then return {1, i} end
-end
-local l = redis.call('HMGET', KEYS[3], 'holder', 'id', 'until')
-if ARGV[10] ~= '' and l[1] and l[1] ~= ARGV[10] and tonumber(l[3]) > now then
-  return {3, l[1], tonumber(l[3]) - now}
-end
-if cur ~= tonumber(ARGV[1]) then return {0, cur} end
-local v = cur + 1
-if cur == 0 then redis.call('DEL', KEYS[2]) end
-redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-if v > KEPT then redis.call('HDEL', KEYS[2], 'c' .. (v - KEPT)) end
-redis.call('HSET', KEYS[2], 'v', v, 'c' .. v, ARGV[2], 'ttl', ARGV[4], 'turns', ARGV[5],
-  'tokens', ARGV[6], 'raw', ARGV[7], 'stored', ARGV[8], 'updated', ARGV[9])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-if l[2] and ARGV[11] ~= '' and l[2] == ARGV[11] then redis.call('DEL', KEYS[3]) end
-return {2, v}
-"""
-)
-
-# Take or renew a session's turn lease and read its version (and manifest when it changed).
-# KEYS: manifest, meta, lease. ARGV: holder, lease id, lease ms, known version, default session ttl.
-# Returns {0, holder, ms left} while another holder's lease is live, else
-# {1, version, abandoned (0/1), abandoned holder, manifest or ''}. A lease that expired without a
-# commit or EndTurn (another id) marks its turn abandoned; the mark ('lost') passes to the new lease
-# until a commit deletes the lease.
-_BEGIN_TURN = (
-    _NOW
-    + """
-local l = redis.call('HMGET', KEYS[3], 'holder', 'id', 'until', 'lost', 'lost_holder')
-local lost, lost_holder = 0, ''
-if l[1] then
-  local live = tonumber(l[3]) > now
-  if live and l[1] ~= ARGV[1] then return {0, l[1], tonumber(l[3]) - now} end
-  if l[4] == '1' then lost, lost_holder = 1, l[5] or '' end
-  if not live and l[2] ~= ARGV[2] then lost, lost_holder = 1, l[1] end
-end
-local lease_ms = tonumber(ARGV[3])
-local cur, m = 0, ''
-local ttl = tonumber(ARGV[5])
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  cur = tonumber(redis.call('HGET', KEYS[2], 'v') or '0')
-  ttl = tonumber(redis.call('HGET', KEYS[2], 'ttl') or ARGV[5])
-  redis.call('PEXPIRE', KEYS[1], ttl)
-  redis.call('PEXPIRE', KEYS[2], ttl)
-  if cur ~= tonumber(ARGV[4]) then m = redis.call('GET', KEYS[1]) end
-end
-redis.call('HSET', KEYS[3], 'holder', ARGV[1], 'id', ARGV[2], 'until', now + lease_ms,
-  'lost', lost, 'lost_holder', lost_holder)
-redis.call('PEXPIRE', KEYS[3], math.max(ttl, 2 * lease_ms))
-return {1, cur, lost, lost_holder, m}
-"""
-)
-
-# Give a lease back (only if it is still ARGV[1]); an abandoned mark stays, as an expired lease.
-_END_TURN = """
-if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[1], 'lost') == '1' then
-  redis.call('HSET', KEYS[1], 'until', 0, 'id', '')
-else
-  redis.call('DEL', KEYS[1])
-end
-return 1
-"""
-
-# Read a manifest and refresh both session keys with the session's own TTL.
-_TOUCH_SESSION = """
-local m = redis.call('GET', KEYS[1])
-if not m then return false end
-local ttl = redis.call('HGET', KEYS[2], 'ttl') or ARGV[1]
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('PEXPIRE', KEYS[2], ttl)
-return m
-"""
-
-_DELETE_SESSION = """
-local existed = redis.call('EXISTS', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-return existed
-"""
+# Full jitter between retries of a Redis error: 0-40 ms after the first, doubling, at most 0.5 s.
+BACKOFF = ExponentialJitterBackoff(base=0.04, cap=0.5)
 
 _RETRYABLE: tuple[type[BaseException], ...] = (
     rexc.ConnectionError,
@@ -287,14 +129,14 @@ class RedisBackend:
             )
         else:
             self._client = aioredis.Redis.from_url(cfg.redis_url, retry=Retry(NoBackoff(), 0), **common)
-        self._reserve = self._client.register_script(_RESERVE)
-        self._claim = self._client.register_script(_CLAIM)
-        self._settle = self._client.register_script(_SETTLE)
-        self._commit = self._client.register_script(_COMMIT)
-        self._touch_session = self._client.register_script(_TOUCH_SESSION)
-        self._begin_turn = self._client.register_script(_BEGIN_TURN)
-        self._end_turn = self._client.register_script(_END_TURN)
-        self._delete_session = self._client.register_script(_DELETE_SESSION)
+        self._reserve = self._client.register_script(lua.RESERVE)
+        self._claim = self._client.register_script(lua.CLAIM)
+        self._settle = self._client.register_script(lua.SETTLE)
+        self._commit = self._client.register_script(lua.COMMIT)
+        self._touch_session = self._client.register_script(lua.TOUCH_SESSION)
+        self._begin_turn = self._client.register_script(lua.BEGIN_TURN)
+        self._end_turn = self._client.register_script(lua.END_TURN)
+        self._delete_session = self._client.register_script(lua.DELETE_SESSION)
 
     # -- the one place Redis errors are handled ---------------------------------------------------
 
@@ -330,7 +172,7 @@ class RedisBackend:
                     self._cluster and not isinstance(exc, rexc.ResponseError)
                 )
                 failures += 1
-                delay = random.uniform(0, min(0.5, 0.02 * 2**failures))
+                delay = BACKOFF.compute(failures)
                 if not retryable or time.monotonic() + delay > deadline:
                     level = logging.DEBUG if op == "ping" else logging.WARNING  # health probe: no spam
                     log.log(
@@ -374,7 +216,7 @@ class RedisBackend:
             if isinstance(created, Exception):
                 raise created
             if isinstance(claim, rexc.NoScriptError):  # first use, or the script cache was flushed
-                await self._client.script_load(_CLAIM)
+                await self._client.script_load(lua.CLAIM)
                 await self._reserve(keys=ledger_keys, args=[key, stored, raw, expires, 0])
                 claim = 0 if created else 1
             elif isinstance(claim, Exception):
@@ -466,6 +308,17 @@ class RedisBackend:
 
         return await self._call("get_session", run)
 
+    async def session_head(self, tenant: str, session_id: str) -> SessionHead | None:
+        meta = session_meta_redis_key(tenant, session_id)
+
+        async def run() -> SessionHead | None:
+            version, mark = await self._client.hmget(meta, ("v", "mk"))
+            if version is None:
+                return None
+            return SessionHead(int(version), ManifestMark.decode(_text(mark)) if mark else None)
+
+        return await self._call("session_head", run)
+
     async def commit_session(
         self,
         tenant: str,
@@ -476,13 +329,16 @@ class RedisBackend:
         manifest: bytes,
         summary: SessionSummary,
         ttl_ms: int,
+        mark: ManifestMark,
+        base: ManifestMark | None = None,
         holder: str = "",
         lease_id: str = "",
     ) -> CommitOutcome:
-        keys = self._session_keys(tenant, session_id)
+        keys = session_redis_keys(tenant, session_id)
         index = tenant_redis_key(tenant, "sessions")
         args: list[Any] = [expected_version, commit_id, manifest, ttl_ms, summary.turns, summary.tokens]
         args += [summary.raw_bytes, summary.stored_bytes, summary.updated_ms, holder, lease_id]
+        args += [base.encode() if base is not None else "", mark.encode()]
 
         async def run() -> CommitOutcome:
             # Index first: it is a superset of the live sessions (entries without a manifest are pruned).
@@ -491,6 +347,8 @@ class RedisBackend:
             status = int(reply[0])
             if status == 3:
                 raise Aborted(_leased_message(reply[1], reply[2]))
+            if status == 4:
+                raise Aborted("the session changed while the commit was checked; re-read it and retry")
             if status == 0:
                 current = int(reply[1])
                 raise Aborted(f"expected_version {expected_version} does not match the version {current}")
@@ -509,7 +367,7 @@ class RedisBackend:
         known_version: int,
         ttl_ms: int,
     ) -> TurnStart:
-        keys = self._session_keys(tenant, session_id)
+        keys = session_redis_keys(tenant, session_id)
         args: list[Any] = [holder, lease_id, lease_ms, known_version, ttl_ms]
 
         async def run() -> TurnStart:
@@ -532,16 +390,8 @@ class RedisBackend:
 
         await self._call("end_turn", run)
 
-    @staticmethod
-    def _session_keys(tenant: str, session_id: str) -> list[str]:
-        return [
-            manifest_redis_key(tenant, session_id),
-            session_meta_redis_key(tenant, session_id),
-            lease_redis_key(tenant, session_id),
-        ]
-
     async def delete_session(self, tenant: str, session_id: str) -> bool:
-        keys = self._session_keys(tenant, session_id)
+        keys = session_redis_keys(tenant, session_id)
 
         async def run() -> bool:
             existed = await self._delete_session(keys=keys, args=[])

@@ -8,23 +8,24 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import grpc
 from gearkv.api import wire
 from gearkv.api.digest import PayloadHasher
-from gearkv.api.keys import Namespace, chunk_key
 from gearkv.api.limits import PART_BYTES
 from gearkv.api.records import SessionSummary
 from gearkv.api.v1 import kvstore_pb2 as pb
 from gearkv.api.v1 import kvstore_pb2_grpc as pb_grpc
 from gearkv.store import validation
-from gearkv.store.backend import Backend
+from gearkv.store.backend import Backend, ManifestMark
 from gearkv.store.chunk_format import CorruptValue, decode_value, encode_header
+from gearkv.store.commits import plan_commit
 from gearkv.store.config import StoreConfig
 from gearkv.store.context import current_tenant
 from gearkv.store.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from gearkv.store.metrics import StoreMetrics
+from gearkv.store.prefix import match_prefix
 
 log = logging.getLogger("gearkv.store")
 _MAX_VERSION = 2**53 - 2  # versions travel through Lua numbers (doubles)
@@ -32,24 +33,6 @@ _MAX_VERSION = 2**53 - 2  # versions travel through Lua numbers (doubles)
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _same_namespace(msg: pb.Namespace, ns: Namespace) -> bool:
-    return (msg.fingerprint, msg.codec_id, msg.chunk_size) == (ns.fingerprint, ns.codec_id, ns.chunk_size)
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    if list(a[:n]) == list(b[:n]):
-        return n
-    lo, hi = 0, n  # binary search on slice equality: C-speed comparisons
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if list(a[:mid]) == list(b[:mid]):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 class KVStoreServicer(pb_grpc.KVStoreServicer):
@@ -216,90 +199,19 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
         if request.session_id:
             validation.session_id(request.session_id)
         tokens = list(request.token_ids)
-        chunks: list[pb.ChunkRef] = []
-        matched = version = 0
-        reason = ""
+        manifest = None
         if request.session_id:
             manifest = await self._load_manifest(tenant, request.session_id)
-            if manifest is not None:
-                version = manifest.version
-                if _same_namespace(manifest.namespace, ns):
-                    chunks, matched, reason = await self._match_manifest(tenant, manifest, tokens)
-                else:
-                    reason = "namespace_mismatch"
-        walked, walked_to = await self._walk_chain(tenant, ns, tokens, chunks, matched)
-        if walked_to > matched:  # the shared content chain reaches further than the manifest
-            chunks, matched, reason = walked, walked_to, ""
-        if matched == len(tokens):
-            reason = ""
-        elif not reason:
-            reason = "not_stored"
+        found = await match_prefix(self._backend, tenant, ns, tokens, manifest, self._chunk_ttl_ms())
+        matched = found.matched
         outcome = "hit" if tokens and matched == len(tokens) else ("partial" if matched else "miss")
-        self._metrics.lookups.labels(outcome=outcome, reason=reason or "none").inc()
+        self._metrics.lookups.labels(outcome=outcome, reason=found.reason or "none").inc()
         return pb.LookupPrefixResponse(
-            chunks=chunks, matched_tokens=matched, session_version=version, reason=reason
+            chunks=found.chunks,
+            matched_tokens=matched,
+            session_version=manifest.version if manifest is not None else 0,
+            reason=found.reason,
         )
-
-    async def _match_manifest(
-        self, tenant: str, manifest: pb.Manifest, tokens: list[int]
-    ) -> tuple[list[pb.ChunkRef], int, str]:
-        """The manifest's chunks under the common prefix that still exist, up to the first missing."""
-        common = _common_prefix(manifest.token_ids, tokens)
-        wanted = [c for c in manifest.chunks if c.start < common]
-        found = await self._backend.touch_chunks_nonatomic(
-            tenant, [c.key for c in wanted], self._chunk_ttl_ms(), stop_at_missing=True
-        )
-        ok = found.index(False) if False in found else len(found)
-        chunks = [
-            pb.ChunkRef(
-                key=c.key, start=c.start, end=c.end, stored_bytes=c.stored_bytes, raw_bytes=c.raw_bytes
-            )
-            for c in wanted[:ok]
-        ]
-        matched = min(common, chunks[-1].end) if chunks else 0
-        return chunks, matched, "chunk_missing" if ok < len(wanted) else ""
-
-    async def _walk_chain(
-        self, tenant: str, ns: Namespace, tokens: list[int], chunks: list[pb.ChunkRef], matched: int
-    ) -> tuple[list[pb.ChunkRef], int]:
-        """Extend the full chunks already matched along the content-addressed chain.
-
-        Full chunks wholly inside the matched prefix have exactly the chain's keys (a key hashes every
-        token before it), so the walk starts after them and EXISTS-checks only the rest.
-        """
-        size = ns.chunk_size
-        known = 0
-        while (
-            known < len(chunks)
-            and chunks[known].end - chunks[known].start == size
-            and (chunks[known].end <= matched)
-        ):
-            known += 1
-        parent = chunks[known - 1].key if known else ""
-        keys: list[str] = []
-        for start in range(known * size, len(tokens) - size + 1, size):
-            parent = chunk_key(ns, parent, start, tokens[start : start + size])
-            keys.append(parent)
-        if not keys:
-            return chunks, matched
-        found = await self._backend.touch_chunks_nonatomic(
-            tenant, keys, self._chunk_ttl_ms(), stop_at_missing=True
-        )
-        walked = found.index(False) if False in found else len(found)
-        if (known + walked) * size <= matched:
-            return chunks, matched
-        sizes = await self._backend.chunk_sizes(tenant, keys[:walked])
-        extended = chunks[:known] + [
-            pb.ChunkRef(
-                key=k,
-                start=(known + i) * size,
-                end=(known + i + 1) * size,
-                stored_bytes=(sz or (0, 0))[0],
-                raw_bytes=(sz or (0, 0))[1],
-            )
-            for i, (k, sz) in enumerate(zip(keys[:walked], sizes, strict=True))
-        ]
-        return extended, (known + walked) * size
 
     # -- sessions -----------------------------------------------------------------------------------
 
@@ -318,18 +230,19 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
         if expected > _MAX_VERSION:
             raise InvalidArgument(f"expected_version must be <= {_MAX_VERSION}")
         keys = [c.key for c in m.chunks]
+        now = _now_ms()
+        head = await self._backend.session_head(tenant, m.session_id) if expected else None
+        plan = plan_commit(head, expected, keys, now, self._cfg.default_chunk_ttl_s * 500)
         found = await self._backend.touch_chunks_nonatomic(
-            tenant, keys, self._chunk_ttl_ms(), stop_at_missing=True
+            tenant, keys[plan.verify_from :], self._chunk_ttl_ms(), stop_at_missing=True
         )
         if False in found:
-            i = found.index(False)
+            i = plan.verify_from + found.index(False)
             raise FailedPrecondition(f"manifest.chunks[{i}] (key {keys[i]}) is not stored; upload it first")
-        now = _now_ms()
-        created = now
-        if expected:
+        created = plan.created_ms
+        if created is None:  # a session committed before marks: its manifest has the creation time
             current = await self._load_manifest(tenant, m.session_id)
-            if current is not None and current.version == expected:
-                created = current.created_ms
+            created = current.created_ms if current is not None and current.version == expected else now
         new = pb.Manifest()
         new.CopyFrom(m)
         new.version = expected + 1
@@ -354,6 +267,8 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
             manifest=validation.encode_manifest(new),
             summary=summary,
             ttl_ms=self._session_ttl_ms(request.ttl_s),
+            mark=ManifestMark.of(keys, created, plan.verified_ms),
+            base=plan.base,
             holder=holder,
             lease_id=lease_id,
         )

@@ -114,6 +114,7 @@ class KVStoreStub:
     """Longest stored prefix of `token_ids`: first from the session's manifest (if `session_id` is set
     and its namespace matches), then by walking the content-addressed chain of full chunks.
     Only chunks that currently exist are returned; the match stops at the first missing chunk.
+    Every chunk checked gets a fresh TTL: this keeps a live session's chunks from expiring.
     `matched_tokens` may end inside the last returned chunk (a turn edited mid-chunk): the caller
     uses only the first `matched_tokens` positions. Idempotent, read-only.
     """
@@ -136,8 +137,12 @@ class KVStoreStub:
     """
     CommitTurn: _grpc.UnaryUnaryMultiCallable[_kvstore_pb2.CommitTurnRequest, _kvstore_pb2.CommitTurnResponse]
     """Commit a turn: replace the session's manifest if its current version equals
-    `expected_version` (0 = the session must not exist yet). Every chunk the manifest references
-    must exist, else FAILED_PRECONDITION (names the first missing chunk) and nothing changes.
+    `expected_version` (0 = the session must not exist yet). Every chunk the turn adds (those not in
+    the manifest at `expected_version`) and the manifest's last chunk must exist, else
+    FAILED_PRECONDITION (names the first missing chunk) and nothing changes; chunks already in the
+    session were checked by the commit that added them, so a commit costs O(turn), not O(session).
+    An older chunk that expired or was evicted since then is found by the next LookupPrefix, which
+    stops there (its lookup refreshes the TTLs of the session's chunks it matched).
     With `holder` set the commit is refused (ABORTED) while another holder's lease is live, and
     `lease_id`, when it is the session's lease, is given back by the commit.
     Errors: ABORTED (version mismatch: someone else committed; re-read and retry),
@@ -189,6 +194,7 @@ class KVStoreAsyncStub(KVStoreStub):
     """Longest stored prefix of `token_ids`: first from the session's manifest (if `session_id` is set
     and its namespace matches), then by walking the content-addressed chain of full chunks.
     Only chunks that currently exist are returned; the match stops at the first missing chunk.
+    Every chunk checked gets a fresh TTL: this keeps a live session's chunks from expiring.
     `matched_tokens` may end inside the last returned chunk (a turn edited mid-chunk): the caller
     uses only the first `matched_tokens` positions. Idempotent, read-only.
     """
@@ -211,8 +217,12 @@ class KVStoreAsyncStub(KVStoreStub):
     """
     CommitTurn: _aio.UnaryUnaryMultiCallable[_kvstore_pb2.CommitTurnRequest, _kvstore_pb2.CommitTurnResponse]  # type: ignore[assignment]
     """Commit a turn: replace the session's manifest if its current version equals
-    `expected_version` (0 = the session must not exist yet). Every chunk the manifest references
-    must exist, else FAILED_PRECONDITION (names the first missing chunk) and nothing changes.
+    `expected_version` (0 = the session must not exist yet). Every chunk the turn adds (those not in
+    the manifest at `expected_version`) and the manifest's last chunk must exist, else
+    FAILED_PRECONDITION (names the first missing chunk) and nothing changes; chunks already in the
+    session were checked by the commit that added them, so a commit costs O(turn), not O(session).
+    An older chunk that expired or was evicted since then is found by the next LookupPrefix, which
+    stops there (its lookup refreshes the TTLs of the session's chunks it matched).
     With `holder` set the commit is refused (ABORTED) while another holder's lease is live, and
     `lease_id`, when it is the session's lease, is given back by the commit.
     Errors: ABORTED (version mismatch: someone else committed; re-read and retry),
@@ -291,6 +301,7 @@ class KVStoreServicer(metaclass=_abc_1.ABCMeta):
         """Longest stored prefix of `token_ids`: first from the session's manifest (if `session_id` is set
         and its namespace matches), then by walking the content-addressed chain of full chunks.
         Only chunks that currently exist are returned; the match stops at the first missing chunk.
+        Every chunk checked gets a fresh TTL: this keeps a live session's chunks from expiring.
         `matched_tokens` may end inside the last returned chunk (a turn edited mid-chunk): the caller
         uses only the first `matched_tokens` positions. Idempotent, read-only.
         """
@@ -331,8 +342,12 @@ class KVStoreServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_kvstore_pb2.CommitTurnResponse, _abc.Awaitable[_kvstore_pb2.CommitTurnResponse]]:
         """Commit a turn: replace the session's manifest if its current version equals
-        `expected_version` (0 = the session must not exist yet). Every chunk the manifest references
-        must exist, else FAILED_PRECONDITION (names the first missing chunk) and nothing changes.
+        `expected_version` (0 = the session must not exist yet). Every chunk the turn adds (those not in
+        the manifest at `expected_version`) and the manifest's last chunk must exist, else
+        FAILED_PRECONDITION (names the first missing chunk) and nothing changes; chunks already in the
+        session were checked by the commit that added them, so a commit costs O(turn), not O(session).
+        An older chunk that expired or was evicted since then is found by the next LookupPrefix, which
+        stops there (its lookup refreshes the TTLs of the session's chunks it matched).
         With `holder` set the commit is refused (ABORTED) while another holder's lease is live, and
         `lease_id`, when it is the session's lease, is given back by the commit.
         Errors: ABORTED (version mismatch: someone else committed; re-read and retry),
