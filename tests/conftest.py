@@ -10,6 +10,7 @@ Fixtures (all sync, usable from sync and async tests):
                         -> StoreHandle (``.address``, ``.tokens``, ``.metadata(tenant)``, ``.stop()``),
                         running in-process on 127.0.0.1:0 in its own thread and event loop
     store               a store on ``redis_server`` with tenants "alice" and "bob" (no quotas)
+    stub                a raw gRPC ``KVStoreStub`` on ``store`` (8 MiB messages), closed after the test
     store_process_factory  ``store_process_factory(redis_url, extra_args=(...))`` -> StoreProcess
                         (``gearkv store`` as a child process; ``.kill()`` sends SIGKILL)
 """
@@ -24,6 +25,7 @@ from typing import Any
 
 import pytest
 from hypothesis import settings
+from support.kv import stub_for
 from support.redis_procs import RedisCluster, RedisServer, start_cluster, start_redis
 from support.store import DEFAULT_TENANTS, StoreHandle, StoreProcess, start_store_thread, store_config
 
@@ -130,3 +132,10 @@ def store_process_factory() -> Iterator[Callable[..., StoreProcess]]:
     yield make
     for proc in procs:
         proc.cleanup()
+
+
+@pytest.fixture
+def stub(store: StoreHandle) -> Iterator[Any]:
+    channel, kv_stub = stub_for(store.address)
+    yield kv_stub
+    channel.close()

@@ -1,14 +1,18 @@
 """The `gearkv` console command: one dispatcher, subcommands imported only when chosen.
 
 Each subcommand module exposes ``main(argv, prog) -> int`` and builds its own argparse parser, so
-`gearkv store --help` never imports torch and `gearkv bench codec` never imports grpc.
+`gearkv store --help` never imports torch and `gearkv bench codec` never imports grpc. Their parsers
+use :class:`HelpFormatter`, which shows each option's default once.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+
+__all__ = ["COMMANDS", "HelpFormatter", "main", "version"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("gearkv.worker.demo", "run the scripted multi-turn demo (local Redis, store and worker)"),
@@ -19,9 +23,44 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Appends ``(default: X)`` to an option's help, once, where it tells the user something.
+
+    Not where the help already names its default (``"... (default: cuda if available)"``), nor for a
+    default of None, False or "" (an unset option, a flag): argparse's ``ArgumentDefaultsHelpFormatter``
+    prints ``(default: None)`` after those. Descriptions keep their line breaks.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_ = action.help or ""
+        default = action.default
+        unset = (
+            default is None
+            or default is False
+            or (isinstance(default, str) and default in ("", argparse.SUPPRESS))
+        )
+        if "default" in help_ or unset:
+            return help_
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            return help_
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
+        return f"{help_} (default: {shown})"
+
+
+def version() -> str:
+    """The installed distribution's version (``"unknown"`` when run from a tree not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("gearkv")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: gearkv <command> [options]", "", "commands:"]
+    lines = ["usage: gearkv [--version] <command> [options]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run `gearkv <command> --help` for a command's options."]
     return "\n".join(lines)
@@ -29,12 +68,19 @@ def _usage() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
+    if not args:
+        print(_usage(), file=sys.stderr)
+        return 2
+    if args[0] in ("-h", "--help"):
         print(_usage())
-        return 0 if args else 2
+        return 0
+    if args[0] in ("-V", "--version"):
+        print(f"gearkv {version()}")
+        return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
-        print(f"gearkv: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        kind = "option" if name.startswith("-") else "command"
+        print(f"gearkv: unknown {kind} {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     result: int = module.main(rest, prog=f"gearkv {name}")

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
-from gearkv.bench.store import BenchConfig, Latency, Sample, Throughput, mb_per_s, percentile, summarize
+from gearkv.bench.store import (
+    BenchConfig,
+    Latency,
+    Sample,
+    Throughput,
+    bench_config,
+    mb_per_s,
+    percentile,
+    summarize,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -65,3 +76,15 @@ def test_ratio_pairs_the_rounds_when_it_can() -> None:
     assert tp.ratio("pull") == 0.6  # median of 0.8, 0.6, 0.3 (ratio of medians would say 0.6 too)
     tp.samples["pull"][1] = Sample(45.0, {})
     assert tp.ratio("pull") == 0.8  # per-round: 0.8, 0.9, 0.3; medians would give 60 / 100
+
+
+def test_quick_sets_small_defaults_unless_the_user_gave_them() -> None:
+    quick, full = bench_config(quick=True), bench_config(quick=False)
+    assert (quick.rounds, quick.volume_mib) == (1, 32)
+    assert (full.rounds, full.volume_mib) == (3, 256)
+    assert bench_config(quick=True, rounds=5).rounds == 5
+    assert bench_config(quick=True, volume_mib=8) == replace(quick, volume_mib=8)
+    with pytest.raises(ValueError, match="--rounds must be >= 1"):
+        bench_config(quick=True, rounds=0)
+    # progress steps: a round of each size (1 and 4 MiB) and of each latency level (1, 16, 64)
+    assert quick.steps == 5 and full.steps == 15

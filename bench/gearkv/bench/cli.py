@@ -16,11 +16,16 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 def main(argv: Sequence[str], prog: str = "gearkv bench") -> int:
     args = list(argv)
     if not args or args[0] in ("-h", "--help") or args[0] not in BENCHMARKS:
+        asked = bool(args) and args[0] in ("-h", "--help")
+        out = sys.stdout if asked else sys.stderr
+        if args and not asked:
+            print(f"{prog}: unknown benchmark {args[0]!r}\n", file=out)
         width = max(map(len, BENCHMARKS))
-        print(f"usage: {prog} <benchmark> [options]\n\nbenchmarks:")
+        print(f"usage: {prog} <benchmark> [options]\n\nbenchmarks:", file=out)
         for name, (_, help_) in BENCHMARKS.items():
-            print(f"  {name:<{width}}  {help_}")
-        return 0 if args and args[0] in ("-h", "--help") else 2
+            print(f"  {name:<{width}}  {help_}", file=out)
+        print(f"\nRun `{prog} <benchmark> --help` for a benchmark's options.", file=out)
+        return 0 if asked else 2
     module = importlib.import_module(BENCHMARKS[args[0]][0])
     result: int = module.main(args[1:], prog=f"{prog} {args[0]}")
     return result

@@ -278,11 +278,25 @@ def _print(result: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str], prog: str = "gearkv bench codec") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    from gearkv.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--quick", action="store_true", help="4 windows and a short ablation (a few minutes)")
-    parser.add_argument("--presets", nargs="+", default=list(DEFAULT_PRESETS), choices=sorted(PRESETS))
-    parser.add_argument("--windows", type=int, default=None, help="windows in all, split over two domains")
-    parser.add_argument("--no-ablation", action="store_true")
+    parser.add_argument(
+        "--presets",
+        nargs="+",
+        default=list(DEFAULT_PRESETS),
+        choices=sorted(PRESETS),
+        metavar="PRESET",
+        help=f"codec presets to measure, of {' '.join(sorted(PRESETS))}",
+    )
+    parser.add_argument(
+        "--windows",
+        type=int,
+        default=None,
+        help="text windows in all, split over two domains (default: 8, with --quick 4)",
+    )
+    parser.add_argument("--no-ablation", action="store_true", help="skip the table of codec variants")
     parser.add_argument(
         "--threads", type=int, default=2, help="torch CPU threads (throughput is per 2 threads)"
     )

@@ -61,9 +61,9 @@ def _median(fn: Callable[[], float], repeat: int) -> float:
 
 
 def _context_ids(tokenizer: Any, tokens: int) -> list[int]:
-    from gearkv.worker.demo import _default_text, load_passages
+    from gearkv.worker.demo import default_text_path, load_passages
 
-    path = _default_text()
+    path = default_text_path()
     text = path.read_text(encoding="utf-8") if path is not None else "\n\n".join(load_passages(None))
     ids: list[int] = tokenizer(text[: tokens * 8], add_special_tokens=False)["input_ids"]
     while len(ids) < tokens:
@@ -89,16 +89,26 @@ def _followups(ids: Sequence[int], count: int, avoid: int) -> list[list[int]]:
 
 
 def main(argv: Sequence[str], prog: str = "gearkv bench resume") -> int:
-    parser = argparse.ArgumentParser(
-        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    from gearkv.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2k tokens of context only (a few minutes)")
-    parser.add_argument("--contexts", type=int, nargs="+", default=None, help=f"default {list(CONTEXTS)}")
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS))
     parser.add_argument(
-        "--repeat", type=int, default=None, help="runs per figure (median; default 3, quick 2)"
+        "--contexts",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="TOKENS",
+        help=f"context lengths (default: {' '.join(map(str, CONTEXTS))}, with --quick 2048)",
     )
-    parser.add_argument("--chunk-size", type=int, default=256)
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), metavar="PRESET", help="codec presets")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="runs per figure, median reported (default: 3, with --quick 2)",
+    )
+    parser.add_argument("--chunk-size", type=int, default=256, help="tokens per stored chunk")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
     parser.add_argument("--store-in-process", action="store_true", help="run the store in this process")
@@ -113,9 +123,9 @@ def main(argv: Sequence[str], prog: str = "gearkv bench resume") -> int:
     bad = [p for p in args.presets if p not in ALL_PRESETS]
     if bad:
         parser.error(f"unknown presets {bad}; choose from {sorted(ALL_PRESETS)}")
-    from gearkv.worker.demo import _exit_on_sigterm
+    from gearkv.worker.app import interrupt_on_sigterm
 
-    _exit_on_sigterm()
+    interrupt_on_sigterm()
     rows = _run(contexts, args.presets, repeat, args)
     _print(rows)
     if args.json is not None:

@@ -22,7 +22,7 @@ import secrets
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,13 +49,39 @@ class BenchConfig:
     in_flight: int = 4
     # Pulls per session at each latency level (1 session pulls more to get a stable p99).
     pulls_per_session: dict[int, int] = field(default_factory=lambda: {1: 200, 16: 25, 64: 10})
-    rounds: int = 1
+    rounds: int = 3
     # Raw and store phases alternate in this many segments per round (see measure_throughput).
     segments: int = 4
 
     @classmethod
     def quick(cls) -> BenchConfig:
         return cls(volume_mib=32, pulls_per_session={1: 40, 16: 5, 64: 3}, rounds=1)
+
+    @property
+    def steps(self) -> int:
+        """Progress steps of a run: one per round of each chunk size and of each latency level."""
+        return self.rounds * (len(self.sizes_mib) + (0 if 1 in self.sizes_mib else 1) + len(LATENCY_LEVELS))
+
+
+def bench_config(
+    quick: bool, rounds: int | None = None, volume_mib: int | None = None, in_flight: int | None = None
+) -> BenchConfig:
+    """The run's config: the full or quick one, with what the user gave on top (None: not given).
+
+    Raises:
+        ValueError: a given figure below 1.
+    """
+    cfg = BenchConfig.quick() if quick else BenchConfig()
+    given = {"rounds": rounds, "volume_mib": volume_mib, "in_flight": in_flight}
+    for name, value in given.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    return replace(
+        cfg,
+        rounds=cfg.rounds if rounds is None else rounds,
+        volume_mib=cfg.volume_mib if volume_mib is None else volume_mib,
+        in_flight=cfg.in_flight if in_flight is None else in_flight,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -194,6 +220,7 @@ async def measure_throughput(
     ns: Namespace,
     run: str,
     pids: dict[str, int],
+    tick: Callable[[str], None] = lambda _: None,
 ) -> tuple[Throughput, list[str]]:
     size = size_mib * MIB
     count = max(cfg.in_flight, cfg.volume_mib // size_mib)
@@ -243,6 +270,7 @@ async def measure_throughput(
         if await store.get_chunk(store_keys[-1]) != payload or await raw.get(raw_keys[-1]) != payload:
             raise RuntimeError("benchmark payload did not round-trip bit-exact")
         await raw.delete(*raw_keys)
+        tick(f"throughput {size_mib} MiB, round {r + 1}/{cfg.rounds}")
     return result, store_keys
 
 
@@ -288,8 +316,14 @@ async def measure_latency(
 
 
 async def run_bench(
-    cfg: BenchConfig, redis_url: str, address: str, token: str, pids: dict[str, int]
+    cfg: BenchConfig,
+    redis_url: str,
+    address: str,
+    token: str,
+    pids: dict[str, int],
+    tick: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
+    """Run every phase of ``cfg``; ``tick(what)`` is called after each of its ``cfg.steps`` steps."""
     run = secrets.token_hex(4)
     ns = Namespace(fingerprint=f"bench-{run}", codec_id="raw/v1", chunk_size=8)
     raw = aredis.Redis.from_url(redis_url, max_connections=max(LATENCY_LEVELS) + 8)
@@ -300,12 +334,12 @@ async def run_bench(
         throughput = []
         one_mib_keys: list[str] = []
         for size in cfg.sizes_mib:
-            tp, store_keys = await measure_throughput(cfg, size, raw, store, ns, run, pids)
+            tp, store_keys = await measure_throughput(cfg, size, raw, store, ns, run, pids, tick)
             throughput.append(tp)
             if size == 1:
                 one_mib_keys = store_keys
         if not one_mib_keys:
-            _, one_mib_keys = await measure_throughput(cfg, 1, raw, store, ns, run + "l", pids)
+            _, one_mib_keys = await measure_throughput(cfg, 1, raw, store, ns, run + "l", pids, tick)
         payload = os.urandom(MIB)
         raw_lat_keys = [f"bench:{run}:lat:{i}" for i in range(len(one_mib_keys))]
         for k in raw_lat_keys:
@@ -324,9 +358,10 @@ async def run_bench(
             for side, fetch in fetchers.items():  # warm connections and the channel
                 await measure_latency(Latency(min(level, 4)), 2, fetch, len(one_mib_keys))
                 latency[side][str(level)] = Latency(level)
-            for _ in range(cfg.rounds):  # alternate sides so both see the same background load
+            for r in range(cfg.rounds):  # alternate sides so both see the same background load
                 for side, fetch in fetchers.items():
                     await measure_latency(latency[side][str(level)], pulls, fetch, len(one_mib_keys))
+                tick(f"latency, {level} sessions, round {r + 1}/{cfg.rounds}")
         await raw.delete(*raw_lat_keys)
     finally:
         await store.close()
@@ -417,30 +452,56 @@ def render(result: dict[str, Any]) -> None:
     console.print(f"targets ({goal}): {met}")
 
 
+@contextlib.contextmanager
+def _progress(total: int) -> Iterator[Callable[[str], None]]:
+    """A progress bar on stderr (gone when done); yields ``tick(what)``, to call after each step."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("starting", total=total)
+        yield lambda what: progress.update(task, advance=1, description=what)
+
+
 def main(argv: Sequence[str], prog: str = "gearkv bench store") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0] if __doc__ else None)
+    from gearkv.cli import HelpFormatter
+
+    full, quick = BenchConfig(), BenchConfig.quick()
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--json", type=Path, help="write the results as JSON to this file")
     parser.add_argument("--redis-url", help="use this Redis instead of starting a private redis-server")
-    parser.add_argument("--quick", action="store_true", help="a small, fast run (smoke test)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a small, fast run (smoke test): {quick.volume_mib} MiB, {quick.rounds} round",
+    )
     parser.add_argument(
         "--store-mode",
         choices=("process", "thread"),
         default="process",
-        help="run the store as a child process (default; own GIL) or in this process",
+        help="run the store as a child process (own GIL) or in this process",
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="throughput rounds (medians reported; ratios paired per round)"
+        "--rounds",
+        type=int,
+        help="throughput and latency rounds (medians reported; ratios paired per round) "
+        f"(default: {full.rounds}, with --quick {quick.rounds})",
     )
-    parser.add_argument("--volume-mib", type=int, help="MiB moved per chunk size and direction")
-    parser.add_argument("--in-flight", type=int, help="requests in flight in the throughput runs")
+    parser.add_argument(
+        "--volume-mib",
+        type=int,
+        help=f"MiB moved per chunk size and direction (default: {full.volume_mib}, with --quick "
+        f"{quick.volume_mib})",
+    )
+    parser.add_argument(
+        "--in-flight", type=int, help=f"requests in flight in the throughput runs (default: {full.in_flight})"
+    )
     args = parser.parse_args(list(argv))
-    cfg = BenchConfig.quick() if args.quick else BenchConfig()
-    cfg = replace(
-        cfg,
-        rounds=max(1, args.rounds),
-        volume_mib=args.volume_mib or cfg.volume_mib,
-        in_flight=args.in_flight or cfg.in_flight,
-    )
+    try:
+        cfg = bench_config(args.quick, args.rounds, args.volume_mib, args.in_flight)
+    except ValueError as exc:
+        parser.error(str(exc))
     pids: dict[str, int] = {}
     with contextlib.ExitStack() as stack:
         if args.redis_url:
@@ -452,7 +513,8 @@ def main(argv: Sequence[str], prog: str = "gearkv bench store") -> int:
         if not store.in_process:
             pids["store"] = store.pid
         try:
-            result = asyncio.run(run_bench(cfg, redis_url, store.address, store.token, pids))
+            with _progress(cfg.steps) as tick:
+                result = asyncio.run(run_bench(cfg, redis_url, store.address, store.token, pids, tick))
         except BaseException:
             print(store.log_tail(), file=sys.stderr)
             raise

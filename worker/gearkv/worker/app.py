@@ -6,6 +6,7 @@ import faulthandler
 import logging
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -18,7 +19,7 @@ from gearkv.worker.service import start_worker_server
 from gearkv.worker.sessions import PUSH_DRAIN_S, Worker
 from prometheus_client import CollectorRegistry, start_http_server
 
-__all__ = ["build_worker", "connect_store", "serve"]
+__all__ = ["build_worker", "connect_store", "interrupt_on_sigterm", "serve"]
 
 log = logging.getLogger("gearkv.worker")
 
@@ -50,6 +51,21 @@ def build_worker(
         client = connect_store(cfg.store, cfg.token, cfg.store_timeout_s)
     metrics = WorkerMetrics(registry if registry is not None else CollectorRegistry())
     return Worker(engine, client, cfg.session, metrics)
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM unwind like Ctrl-C (``KeyboardInterrupt``) in the main thread.
+
+    For commands that start child processes (``gearkv demo``, ``gearkv bench resume``): their
+    ``with`` blocks then stop redis-server and the store, which are never orphaned. Does nothing
+    outside the main thread, where Python cannot install signal handlers.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def serve(cfg: WorkerConfig) -> int:

@@ -12,6 +12,8 @@ import secrets
 import sys
 from collections.abc import Sequence
 
+from gearkv.cli import HelpFormatter
+
 __all__ = ["main"]
 
 
@@ -40,7 +42,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Chat with a running GearKV worker.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--worker",
@@ -49,10 +51,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--session", default=None, help="session id to continue (default: a new random one)")
     p.add_argument("--system", default="", help="system prompt for a new session")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="answer length cap per turn")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep this much probability")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (0: a random one per turn)")
     p.add_argument("--timeout", type=float, default=600.0, help="deadline of one turn, seconds")
     p.add_argument("--no-stats", action="store_true", help="hide the statistics line after each answer")
     return p

@@ -12,40 +12,23 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gearkv.cli import HelpFormatter
+from gearkv.worker import units
 from gearkv.worker.config import WorkerConfig
 from gearkv.worker.sessions import SessionOptions
 
 __all__ = ["config_from_args", "main", "parse_size"]
 
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1 << 10,
-    "kb": 1 << 10,
-    "kib": 1 << 10,
-    "m": 1 << 20,
-    "mb": 1 << 20,
-    "mib": 1 << 20,
-    "g": 1 << 30,
-    "gb": 1 << 30,
-    "gib": 1 << 30,
-}
-
 
 def parse_size(text: str) -> int:
-    """``"512MiB"``, ``"1g"``, ``"0"`` -> bytes."""
-    s = text.strip().lower()
-    num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = s[len(num) :].strip()
-    if unit not in _UNITS or not num:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 512MiB, 2GiB, 0)")
+    """The argparse type of byte-size flags: ``"512MiB"``, ``"1GiB"``, ``"64KB"``, ``"0"`` -> bytes.
+
+    See :func:`gearkv.worker.units.parse_size` (every unit a power of 1024).
+    """
     try:
-        value = float(num)
+        return units.parse_size(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}") from exc
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"size must be >= 0, got {text!r}")
-    return int(value * _UNITS[unit])
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 # (flag, env var, destination, type, default, help)
@@ -77,8 +60,8 @@ _OPTIONS: tuple[tuple[str, str, str, Any, Any, str], ...] = (
         "GEARKV_HOT_CACHE_BYTES",
         "hot_cache_bytes",
         parse_size,
-        1 << 30,
-        "local LRU of sessions' exact KV (0 disables it)",
+        "1GiB",
+        "local LRU of sessions' exact KV, e.g. 512MiB, 2GiB (0 disables it)",
     ),
     (
         "--min-reuse-tokens",
@@ -89,8 +72,22 @@ _OPTIONS: tuple[tuple[str, str, str, Any, Any, str], ...] = (
         "pull a stored prefix only if it covers at least this many tokens",
     ),
     ("--max-turns", "GEARKV_MAX_TURNS", "max_turns_in_flight", int, 4, "turns generated at once"),
-    ("--chunk-ttl", "GEARKV_CHUNK_TTL_S", "chunk_ttl_s", int, 0, "chunk TTL in seconds (0 = store default)"),
-    ("--session-ttl", "GEARKV_SESSION_TTL_S", "session_ttl_s", int, 0, "session TTL (0 = store default)"),
+    (
+        "--chunk-ttl",
+        "GEARKV_CHUNK_TTL_S",
+        "chunk_ttl_s",
+        int,
+        0,
+        "chunk TTL, seconds (0: the store's own TTL)",
+    ),
+    (
+        "--session-ttl",
+        "GEARKV_SESSION_TTL_S",
+        "session_ttl_s",
+        int,
+        0,
+        "session TTL, seconds (0: the store's own TTL)",
+    ),
     (
         "--store-read-budget",
         "GEARKV_STORE_READ_BUDGET_S",
@@ -150,16 +147,20 @@ def _parser(prog: str, env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Serve the GearKV inference worker: chat sessions resumed from the KV store.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     for flag, var, dest, typ, default, help_ in _OPTIONS:
         value = default
         if var in env:
             try:
-                value = typ(env[var])
+                typ(env[var])
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 parser.error(f"{var}={env[var]!r}: {exc}")
-        parser.add_argument(flag, dest=dest, type=typ, default=value, help=f"{help_} [env {var}]")
+            value = env[var]  # a string default goes through ``type`` and --help shows it as given
+        metavar = "SIZE" if typ is parse_size else flag.removeprefix("--").upper().replace("-", "_")
+        parser.add_argument(
+            flag, dest=dest, type=typ, default=value, metavar=metavar, help=f"{help_} [env {var}]"
+        )
     return parser
 
 

@@ -23,7 +23,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TurnRow", "build_script", "load_passages", "main"]
+from gearkv.cli import HelpFormatter
+
+__all__ = ["TurnRow", "build_script", "default_text_path", "load_passages", "main"]
 
 _BUNDLED = Path(__file__).with_name("demo_passages.txt")
 _QUESTIONS = (
@@ -62,7 +64,12 @@ class TurnRow:
     answer: str
 
 
-def _default_text() -> Path | None:
+def default_text_path() -> Path | None:
+    """The text passages come from: ``$GEARKV_DEMO_TEXT``, else tinyshakespeare in shared/data.
+
+    Returns:
+        The path, or None when none is found (:func:`load_passages` then uses the bundled passages).
+    """
     env = os.environ.get("GEARKV_DEMO_TEXT")
     if env:
         return Path(env)
@@ -117,7 +124,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         prog=prog,
         description="Play a scripted multi-turn chat; every turn resumes its KV cache from the store "
         "on a fresh worker, compared with a cold prefill of the same conversation.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--redis-url", help="use this Redis instead of starting redis-server on a free port")
     p.add_argument("--model", help="model folder or hub name (default: the bundled SmolLM2-135M-Instruct)")
@@ -140,18 +147,6 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def _exit_on_sigterm() -> None:
-    """SIGTERM unwinds like Ctrl-C, so redis-server and the store are stopped, never orphaned."""
-    import signal
-    import threading
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
-
-
 def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
@@ -169,7 +164,9 @@ def main(argv: Sequence[str], prog: str = "gearkv demo") -> int:
     if args.codec not in PRESETS:
         print(f"{prog}: --codec must be one of {sorted(PRESETS)}", file=sys.stderr)
         return 2
-    _exit_on_sigterm()
+    from gearkv.worker.app import interrupt_on_sigterm
+
+    interrupt_on_sigterm()
     try:
         return _run(args)
     except KeyboardInterrupt:
@@ -198,7 +195,7 @@ def _run(args: argparse.Namespace) -> int:
 
     console = Console(width=None if sys.stdout.isatty() else 110)
     torch.set_num_threads(args.threads or max(1, min(2, os.cpu_count() or 1)))
-    passages = load_passages(args.text or _default_text())
+    passages = load_passages(args.text or default_text_path())
     script = build_script(passages, args.turns)
     rows: list[TurnRow] = []
 
