@@ -11,14 +11,15 @@ from typing import Any
 import pytest
 from gearkv.api.keys import Namespace, chain
 from gearkv.api.records import SessionSummary
+from gearkv.api.units import format_size, parse_size
 from gearkv.api.v1 import kvstore_pb2 as pb
 from gearkv.store import validation
 from gearkv.store.auth import Authenticator, hash_token, parse_tenants
 from gearkv.store.backend import ManifestMark, SessionHead
 from gearkv.store.chunk_format import ChunkMeta, CorruptValue, decode_value, encode_value, payload_digest
-from gearkv.store.cli import build_parser, config_from_args
+from gearkv.store.cli import auth_notice, build_parser, config_from_args
 from gearkv.store.commits import CommitPlan, plan_commit, shared_prefix
-from gearkv.store.config import StoreConfig, TenantConfig
+from gearkv.store.config import StoreConfig, TenantConfig, redacted_url
 from gearkv.store.context import tenant_var
 from gearkv.store.errors import (
     Aborted,
@@ -462,3 +463,92 @@ def test_malloc_tuning_is_applied_on_glibc() -> None:
     from gearkv.store.tuning import keep_freed_memory
 
     assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+# -- sizes, CLI help and the start-up log ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0", 0),
+        ("4096", 4096),
+        ("64KB", 65_536),
+        ("64kb", 65_536),
+        ("64K", 65_536),
+        ("512MiB", 512 << 20),
+        ("1GiB", 1 << 30),
+        ("1.5 GiB", 3 << 29),
+        ("2TB", 2 << 40),
+        ("10B", 10),
+    ],
+)
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "lots", "-1", "1PB", "0.5", "1.5", "1 GiBs", "GiB"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="size"):
+        parse_size(text)
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(min_value=0, max_value=1 << 50))
+def test_format_size_round_trips(n: int) -> None:
+    assert parse_size(format_size(n)) == n
+
+
+def test_cli_byte_flags_take_sizes(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser("gearkv store", {})
+    args = parser.parse_args(["--no-auth", "--max-chunk-bytes", "64MiB", "--max-message-bytes", "16MiB"])
+    cfg = config_from_args(args, {"GEARKV_DOWNLOAD_PART_BYTES": "256KB"})
+    assert (cfg.max_chunk_bytes, cfg.max_message_bytes, cfg.download_part_bytes) == (
+        64 << 20,
+        16 << 20,
+        256 << 10,
+    )
+    with pytest.raises(ValueError, match="GEARKV_MAX_CHUNK_BYTES must be invalid size 'lots'"):
+        config_from_args(parser.parse_args(["--no-auth"]), {"GEARKV_MAX_CHUNK_BYTES": "lots"})
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--max-chunk-bytes", "1PB"])
+    assert "invalid size value" in capsys.readouterr().err
+
+
+def test_cli_help_names_each_default_once(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser("gearkv store", {})
+    for action in parser._actions:
+        if action.dest != "help":
+            assert action.help and action.help.count("; default ") == 1, action.option_strings
+    assert "default 256MiB" in parser.format_help().replace("\n", " ").replace("  ", "")
+
+
+def test_auth_notice_tells_why() -> None:
+    assert auth_notice(StoreConfig(tenants=(TenantConfig("a", hash_token("t")),)), False) is None
+    asked = auth_notice(StoreConfig(auth=False, tenants=()), True)
+    assert asked is not None and "--no-auth" in asked and "WITHOUT authentication" in asked
+    loopback = auth_notice(StoreConfig(auth=False, tenants=()), False)
+    assert loopback is not None and "--no-auth" not in loopback and "no tenant tokens" in loopback
+
+
+def test_redacted_url() -> None:
+    assert redacted_url("redis://user:s3cret@host:6379/0") == "redis://user:***@host:6379/0"
+    assert redacted_url("rediss://:s3cret@host:6380") == "rediss://:***@host:6380"
+    assert redacted_url("redis://host:6379/0?password=s3cret&db=1") == "redis://host:6379/0?password=***&db=1"
+    assert redacted_url("redis+cluster://127.0.0.1:7000") == "redis+cluster://127.0.0.1:7000"
+
+
+async def test_unreachable_redis_at_start_up_is_named(caplog: pytest.LogCaptureFixture) -> None:
+    from gearkv.store.errors import BackendUnavailable
+    from gearkv.store.server import start_store
+
+    class Down(FakeBackend):
+        async def ping(self) -> None:
+            raise BackendUnavailable("backend unavailable")
+
+    cfg = StoreConfig(redis_url="redis://user:s3cret@10.9.8.7:6399/0", auth=False, tenants=(), port=0)
+    with caplog.at_level("INFO", logger="gearkv.store"):
+        _, server = await start_store(cfg, backend=Down())
+        await server.stop(0)
+    assert "unreachable (fake at redis://user:***@10.9.8.7:6399/0)" in caplog.text
+    assert "authentication OFF" in caplog.text and "s3cret" not in caplog.text

@@ -10,6 +10,7 @@
     gearkv.api.wire      zero-copy framing of the chunk streams (grpc + protobuf)
     gearkv.api.records   plain records of API data (SessionSummary)
     gearkv.api.backoff   ExponentialJitterBackoff: pure retry backoff math (SDK and store)
+    gearkv.api.units     parse_size / format_size: byte sizes such as 512MiB in flags (every CLI)
 
 Imports run one way: the SDK (``gearkv.client``), the store (``gearkv.store``) and the codec's error
 root import this package; it imports none of them, and the store never imports the SDK. Nothing is

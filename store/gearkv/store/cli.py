@@ -10,18 +10,26 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from gearkv.api.units import format_size, parse_size
 from gearkv.store.auth import parse_tenants
 from gearkv.store.config import StoreConfig
 
 _DEFAULTS = {f.name: f.default for f in fields(StoreConfig)}
+log = logging.getLogger("gearkv.store")
+
+
+def size(text: str) -> int:
+    """A byte count: ``4096``, ``64KB``, ``512MiB``, ``1GiB`` (units are powers of 1024)."""
+    return parse_size(text)
+
 
 # (flag, env var, StoreConfig field, type, help)
-_OPTIONS: tuple[tuple[str, str, str, type, str], ...] = (
+_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any], str], ...] = (
     (
         "--redis-url",
         "GEARKV_REDIS_URL",
@@ -35,19 +43,19 @@ _OPTIONS: tuple[tuple[str, str, str, type, str], ...] = (
     ("--max-chunk-ttl", "GEARKV_MAX_CHUNK_TTL_S", "max_chunk_ttl_s", int, "cap on a requested chunk TTL"),
     ("--session-ttl", "GEARKV_SESSION_TTL_S", "default_session_ttl_s", int, "default session TTL, seconds"),
     ("--max-session-ttl", "GEARKV_MAX_SESSION_TTL_S", "max_session_ttl_s", int, "cap on a session TTL"),
-    ("--max-chunk-bytes", "GEARKV_MAX_CHUNK_BYTES", "max_chunk_bytes", int, "largest accepted chunk"),
+    ("--max-chunk-bytes", "GEARKV_MAX_CHUNK_BYTES", "max_chunk_bytes", size, "largest accepted chunk"),
     (
         "--max-message-bytes",
         "GEARKV_MAX_MESSAGE_BYTES",
         "max_message_bytes",
-        int,
+        size,
         "gRPC message size cap (send and receive)",
     ),
     (
         "--download-part-bytes",
         "GEARKV_DOWNLOAD_PART_BYTES",
         "download_part_bytes",
-        int,
+        size,
         "size of the parts GetChunk streams (16 KiB - 1 MiB)",
     ),
     (
@@ -102,7 +110,8 @@ def build_parser(prog: str, env: Mapping[str, str]) -> argparse.ArgumentParser:
         description="Serve the GearKV KV store over gRPC, backed by Redis or Redis Cluster.",
         epilog=(
             "Tenants and tokens: --tokens-file FILE or GEARKV_TOKENS hold a JSON object "
-            '{"tenant": {"token_sha256": "<hex>", "quota_bytes": N}} (or {"token": "..."}, hashed at load); '
+            '{"tenant": {"token_sha256": "<hex>", "quota_bytes": N}} (or {"token": "..."}, hashed at load; '
+            "quota_bytes in bytes, 0 = no quota); "
             "GEARKV_TOKENS also takes name=token,name=token. --no-auth serves one tenant 'default' "
             "without tokens (local demos only); with no tokens at all the store does the same, but only "
             "when bound to a loopback host."
@@ -110,27 +119,34 @@ def build_parser(prog: str, env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     for flag, var, name, kind, help_ in _OPTIONS:
         default = _DEFAULTS[name]
+        metavar = None
+        if kind is size and isinstance(default, int):
+            default, metavar = format_size(default), "SIZE"
+            help_ += " (bytes, or a size: 64KB, 512MiB, 1GiB)"
         parser.add_argument(
             flag,
             dest=name,
             type=kind,
             default=None,
-            help=f"{help_} [env {var}; default {default}]",
+            metavar=metavar,
+            help=f"{help_} [env {var}; default {'not set' if default is None else default}]",
         )
     parser.add_argument(
         "--cluster",
         action="store_true",
         default=None,
-        help="treat --redis-url as a Redis Cluster seed [env GEARKV_REDIS_CLUSTER]",
+        help="treat --redis-url as a Redis Cluster seed [env GEARKV_REDIS_CLUSTER; default off]",
     )
     parser.add_argument(
-        "--tokens-file", default=None, help="tenant tokens (JSON, see below) [env GEARKV_TOKENS_FILE]"
+        "--tokens-file",
+        default=None,
+        help="tenant tokens (JSON, see below) [env GEARKV_TOKENS_FILE; default not set]",
     )
     parser.add_argument(
         "--no-auth",
         action="store_true",
         default=None,
-        help="no tokens: every caller is tenant 'default' [env GEARKV_NO_AUTH]",
+        help="no tokens: every caller is tenant 'default' [env GEARKV_NO_AUTH; default off]",
     )
     return parser
 
@@ -143,12 +159,13 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> StoreC
         if value is None and env.get(var):
             try:
                 value = kind(env[var])
-            except ValueError:
-                raise ValueError(f"{var} must be a {kind.__name__}") from None
+            except ValueError as exc:
+                detail = str(exc) if kind is size else f"a {getattr(kind, '__name__', 'value')}"
+                raise ValueError(f"{var} must be {detail}") from None
         if value is not None:
             values[name] = value
     cluster = args.cluster or env.get("GEARKV_REDIS_CLUSTER", "").lower() in _TRUE
-    no_auth = args.no_auth or env.get("GEARKV_NO_AUTH", "").lower() in _TRUE
+    no_auth = _no_auth(args, env)
     tokens_file = args.tokens_file or env.get("GEARKV_TOKENS_FILE")
     tenants: tuple[Any, ...] = ()
     if tokens_file:
@@ -167,11 +184,24 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> StoreC
                 f"no tenant tokens configured and --host {host} is not loopback: give --tokens-file or "
                 "GEARKV_TOKENS (or --no-auth to serve without authentication on purpose)"
             )
-        auth = False  # loopback only: the local demo works with no setup
-        logging.getLogger("gearkv.store").warning(
-            "no tenant tokens configured: serving tenant 'default' WITHOUT authentication on %s only", host
-        )
+        auth = False  # loopback only: the local demo works with no setup (main says so in its log)
     return StoreConfig(cluster=cluster, auth=auth, tenants=tenants, **values)
+
+
+def _no_auth(args: argparse.Namespace, env: Mapping[str, str]) -> bool:
+    return bool(args.no_auth) or env.get("GEARKV_NO_AUTH", "").lower() in _TRUE
+
+
+def auth_notice(cfg: StoreConfig, no_auth_asked: bool) -> str | None:
+    """The start-up warning when the store serves without authentication (None when auth is on)."""
+    if cfg.auth:
+        return None
+    if no_auth_asked:
+        return "serving tenant 'default' WITHOUT authentication (--no-auth): every caller is that tenant"
+    return (
+        "no tenant tokens configured: serving tenant 'default' WITHOUT authentication "
+        f"(allowed on loopback host {cfg.host} only)"
+    )
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "gearkv store") -> int:
@@ -186,8 +216,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "gearkv store") -> int:
         level=getattr(logging, cfg.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if not cfg.auth:
-        logging.getLogger("gearkv.store").warning("authentication is OFF (--no-auth): one tenant 'default'")
+    notice = auth_notice(cfg, _no_auth(args, env))
+    if notice is not None:
+        log.warning("%s", notice)
     from gearkv.store.tuning import keep_freed_memory
 
     keep_freed_memory()

@@ -10,6 +10,14 @@ from gearkv.api.limits import MAX_CHUNK_BYTES, PART_BYTES
 MIB = 1024 * 1024
 _TENANT_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_URL_PASSWORD = re.compile(r"(?P<head>//[^/@:]*:)[^/@]*@")
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)[^&]*", re.IGNORECASE)
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its password (``user:pass@`` or ``?password=``) replaced by ``***``, for logs."""
+    url = _URL_PASSWORD.sub(r"\g<head>***@", url)
+    return _QUERY_PASSWORD.sub(r"\g<head>***", url)
 
 
 @dataclass(frozen=True)

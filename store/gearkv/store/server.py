@@ -19,7 +19,7 @@ from gearkv.api import wire
 from gearkv.api.v1 import kvstore_pb2, kvstore_pb2_grpc
 from gearkv.store.auth import Authenticator
 from gearkv.store.backend import Backend
-from gearkv.store.config import StoreConfig
+from gearkv.store.config import StoreConfig, redacted_url
 from gearkv.store.errors import StoreError
 from gearkv.store.interceptors import StoreInterceptor
 from gearkv.store.metrics import StoreMetrics, serve_metrics
@@ -109,7 +109,11 @@ class StoreServer:
             for name in ("", SERVICE_NAME):
                 await self.health.set(name, ok if serving else down)
             if not serving:
-                log.warning("backend unreachable; health set to NOT_SERVING")
+                log.warning(
+                    "backend unreachable (%s at %s); health set to NOT_SERVING until it answers",
+                    self.backend.kind,
+                    redacted_url(self.cfg.redis_url),
+                )
 
     async def _probe_backend(self) -> None:
         """Report NOT_SERVING in health checks while Redis is unreachable."""
@@ -187,7 +191,14 @@ async def start_store(
     if cfg.metrics_port is not None:
         serve_metrics(metrics.registry, cfg.metrics_port, cfg.host)
     bound = f"{cfg.host}:{port}"
-    log.info("gearkv store listening on %s (backend %s, tls %s)", bound, backend.kind, creds is not None)
+    log.info(
+        "gearkv store listening on %s (backend %s at %s, tls %s, authentication %s)",
+        bound,
+        backend.kind,
+        redacted_url(cfg.redis_url),
+        "on" if creds is not None else "off",
+        f"on ({len(cfg.tenants)} tenants)" if cfg.auth else "OFF",
+    )
     return bound, store
 
 
