@@ -12,8 +12,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gearkv.api import units
 from gearkv.cli import HelpFormatter
-from gearkv.worker import units
 from gearkv.worker.config import WorkerConfig
 from gearkv.worker.sessions import SessionOptions
 
@@ -23,7 +23,7 @@ __all__ = ["config_from_args", "main", "parse_size"]
 def parse_size(text: str) -> int:
     """The argparse type of byte-size flags: ``"512MiB"``, ``"1GiB"``, ``"64KB"``, ``"0"`` -> bytes.
 
-    See :func:`gearkv.worker.units.parse_size` (every unit a power of 1024).
+    See :func:`gearkv.api.units.parse_size` (every unit a power of 1024).
     """
     try:
         return units.parse_size(text)
