@@ -48,14 +48,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def version() -> str:
-    """The installed distribution's version (``"unknown"`` when run from a tree not installed)."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
+    """The installed distribution's version (one source: ``gearkv.client.__version__``)."""
+    from gearkv.client import __version__
 
-    try:
-        return dist_version("gearkv")
-    except PackageNotFoundError:
-        return "unknown"
+    return __version__
 
 
 def _usage() -> str:

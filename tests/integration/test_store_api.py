@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -39,13 +38,6 @@ from support.store import StoreHandle, start_store_thread, store_config
 
 pytestmark = pytest.mark.integration
 NS = Namespace("smollm2-135m.cfg1234", "gear4/v1:g64", 16)
-
-
-@pytest.fixture
-def stub(store: StoreHandle) -> Iterator[pb_grpc.KVStoreStub]:
-    channel, stub = stub_for(store.address)
-    yield stub
-    channel.close()
 
 
 def test_multi_mib_chunks_round_trip_bit_exact(store: StoreHandle, stub: pb_grpc.KVStoreStub) -> None:

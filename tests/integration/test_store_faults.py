@@ -35,13 +35,6 @@ OK = grpc.StatusCode.OK
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 
 
-@pytest.fixture
-def stub(store: StoreHandle) -> Iterator[pb_grpc.KVStoreStub]:
-    channel, stub = stub_for(store.address)
-    yield stub
-    channel.close()
-
-
 def _lookup(
     stub: pb_grpc.KVStoreStub, md: object, tokens: list[int], sid: str = ""
 ) -> pb.LookupPrefixResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -20,13 +20,6 @@ from support.store import StoreHandle
 pytestmark = pytest.mark.integration
 NS = Namespace("fp-sec", "gear4/v1", 8)
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
-
-
-@pytest.fixture
-def stub(store: StoreHandle) -> Iterator[pb_grpc.KVStoreStub]:
-    channel, stub = stub_for(store.address)
-    yield stub
-    channel.close()
 
 
 def test_a_tenant_never_reads_lists_overwrites_or_deletes_another(

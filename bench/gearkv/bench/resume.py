@@ -148,8 +148,8 @@ def _run(contexts: Sequence[int], presets: Sequence[str], repeat: int, args: arg
     import redis
     import torch
     from gearkv.client import KVStoreClient
-    from gearkv.store.backend import chunk_redis_key
     from gearkv.store.local import LocalRedis, LocalStore
+    from gearkv.store.redis_keys import chunk_redis_key
     from gearkv.worker.engine import Engine, SamplingParams
     from gearkv.worker.fingerprint import model_fingerprint
     from gearkv.worker.metrics import WorkerMetrics

@@ -5,19 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from gearkv.api.records import SessionSummary
-
-
-def __getattr__(name: str) -> Any:
-    """``chunk_redis_key`` moved to ``gearkv.store.redis_keys``; bench/ still imports it from here."""
-    if name == "chunk_redis_key":
-        from gearkv.store import redis_keys
-
-        return redis_keys.chunk_redis_key
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 # A retry of one of a session's last COMMIT_IDS_KEPT commits replays the version it produced; an
 # older one answers as a stale expected_version (a bounded window keeps long sessions small).
