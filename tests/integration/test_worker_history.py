@@ -16,15 +16,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import torch
 from gearkv.client import KVStoreClient
 from gearkv.client.errors import KVStoreError
 from gearkv.worker.config import SessionOptions
 from gearkv.worker.engine import Engine, SamplingParams
 from gearkv.worker.errors import SessionBusy
-from gearkv.worker.fingerprint import model_fingerprint
 from gearkv.worker.metrics import WorkerMetrics
-from gearkv.worker.model import load_model
 from gearkv.worker.sessions import Turn, Worker
 from support.redis_procs import RedisServer, wait_until
 from support.store import StoreProcess
@@ -32,19 +29,6 @@ from support.store import StoreProcess
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SHORT = SamplingParams(max_new_tokens=6)
-
-
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    torch.set_num_threads(2)
-    eng = Engine(load_model())
-    eng.warmup()
-    return eng
-
-
-@pytest.fixture(scope="module")
-def fingerprint(engine: Engine) -> str:
-    return model_fingerprint(engine.loaded)
 
 
 @pytest.fixture

@@ -22,9 +22,7 @@ from gearkv.worker.chunking import common_prefix
 from gearkv.worker.config import SessionOptions
 from gearkv.worker.demo import build_script, load_passages
 from gearkv.worker.engine import Engine, SamplingParams
-from gearkv.worker.fingerprint import model_fingerprint
 from gearkv.worker.metrics import WorkerMetrics
-from gearkv.worker.model import load_model
 from gearkv.worker.sessions import Turn, Worker
 from gearkv.worker.transfer import KVGeometry, pull_prefix, push_turn
 
@@ -38,19 +36,6 @@ USER_TURNS = (
     "Thanks. What was my first question?",
 )
 GREEDY = SamplingParams(max_new_tokens=20)
-
-
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    torch.set_num_threads(2)
-    eng = Engine(load_model())
-    eng.warmup()
-    return eng
-
-
-@pytest.fixture(scope="module")
-def fingerprint(engine: Engine) -> str:
-    return model_fingerprint(engine.loaded)
 
 
 @pytest.fixture

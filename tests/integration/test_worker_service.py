@@ -15,28 +15,18 @@ from typing import Any
 
 import grpc
 import pytest
-import torch
 from gearkv.api.v1 import worker_pb2 as pb
 from gearkv.api.v1 import worker_pb2_grpc
 from gearkv.client import KVStoreClient
 from gearkv.store.local import free_port
 from gearkv.worker.engine import Engine
 from gearkv.worker.metrics import WorkerMetrics
-from gearkv.worker.model import load_model
 from gearkv.worker.service import start_worker_server
 from gearkv.worker.sessions import SessionOptions, Worker
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 # The real model on the worker's path: a transformers FutureWarning (a deprecated call) is an error.
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("error::FutureWarning")]
-
-
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    torch.set_num_threads(2)
-    eng = Engine(load_model())
-    eng.warmup()
-    return eng
 
 
 @pytest.fixture
