@@ -64,8 +64,10 @@ def test_grpc_and_grpcs_schemes_keep_working() -> None:
 
 def test_channel_options_come_after_the_sdks_and_win() -> None:
     default = Offline("h:1")._channel_options()
-    assert default == list(CHANNEL_OPTIONS)
-    assert ("grpc.lb_policy_name", "round_robin") in default
+    assert default == list(CHANNEL_OPTIONS)  # one address: gRPC's own pick_first
+    assert ("grpc.lb_policy_name", "round_robin") not in default
+    for balanced in ("dns:///h:1", "ipv4:127.0.0.1:1,127.0.0.1:2", "ipv6:[::1]:1"):
+        assert ("grpc.lb_policy_name", "round_robin") in Offline(balanced)._channel_options()
     opts = Offline(
         "h:1", channel_options=[("grpc.lb_policy_name", "pick_first"), ("grpc.primary_user_agent", "x")]
     )

@@ -26,7 +26,14 @@ from gearkv.api.v1 import kvstore_pb2 as pb
 from gearkv.api.wire import GetPart, PutPart
 from gearkv.client import _convert
 from gearkv.client._models import Manifest, Namespace
-from gearkv.client._options import CHANNEL_OPTIONS, ChannelOption, TLSOptions, parse_target
+from gearkv.client._options import (
+    BALANCED_SCHEMES,
+    CHANNEL_OPTIONS,
+    ROUND_ROBIN,
+    ChannelOption,
+    TLSOptions,
+    parse_target,
+)
 from gearkv.client._retry import RetryPolicy
 from gearkv.client.errors import (
     ChunkCorrupt,
@@ -321,7 +328,8 @@ class KVStoreClientBase:
         """The SDK's options, then TLS's, then the caller's; a later option replaces an earlier one
         of the same name (so ``channel_options`` can override the SDK's, e.g. the lb policy)."""
         tls = self._tls.channel_options() if self._tls else ()
-        merged = dict([*CHANNEL_OPTIONS, *tls, *self._extra_options])
+        balanced = (ROUND_ROBIN,) if self._address.startswith(BALANCED_SCHEMES) else ()
+        merged = dict([*CHANNEL_OPTIONS, *balanced, *tls, *self._extra_options])
         return list(merged.items())
 
     def _call_kwargs(self, timeout: float | None) -> dict[str, object]:
