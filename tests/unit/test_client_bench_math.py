@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from gearkv.bench.progress import progress
 from gearkv.bench.store import (
     BenchConfig,
     Latency,
@@ -88,3 +89,15 @@ def test_quick_sets_small_defaults_unless_the_user_gave_them() -> None:
         bench_config(quick=True, rounds=0)
     # progress steps: a round of each size (1 and 4 MiB) and of each latency level (1, 16, 64)
     assert quick.steps == 5 and full.steps == 15
+
+
+def test_progress_without_a_terminal_writes_plain_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    # stderr captured is not a terminal (as in CI logs): one line per step, no bar, no control characters
+    with progress(2, first="loading") as tick:
+        tick("first step")
+        tick("second step")
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert captured.out == ""
+    assert [line.split(" (")[0] for line in lines] == ["[1/2] first step", "[2/2] second step"]
+    assert "\x1b" not in captured.err and "\r" not in captured.err

@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -23,6 +22,7 @@ import torch
 from gearkv.codec import PRESETS, Codec, CodecConfig, decode, inspect
 
 from ._kv_eval import KV, KVEvaluator, Quality, load_windows, relative_errors
+from .progress import progress
 
 PREFIX, CONT = 768, 256
 DEFAULT_PRESETS = ("fp16", "kivi2", "kivi4", "gear2", "gear3", "gear4")
@@ -313,23 +313,23 @@ def main(argv: Sequence[str], prog: str = "gearkv bench codec") -> int:
     from gearkv.worker.model import load_model
 
     started = time.perf_counter()
-    lm = load_model(device="cpu")
-    wins = load_windows(lm.tokenizer, windows // 2, PREFIX, CONT)
-    print(
-        f"{prog}: {lm.name}, {len(wins)} windows, model ready after {time.perf_counter() - started:.0f} s",
-        file=sys.stderr,
-    )
-    ev = KVEvaluator(lm.model, wins, PREFIX)
+    variants = [] if args.no_ablation else ablation_rows(args.quick)
     reps = 5 if args.quick else 15
     presets: list[Row] = []
-    for name in args.presets:
-        presets.append(measure(name, Codec.from_preset(name), ev, reps))
-        print(f"  {name}: done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     ablation: list[Row] = []
-    if not args.no_ablation:
-        for name, cfg in ablation_rows(args.quick):
+    # Steps: the model and windows (with their fp16 reference runs), each preset, each ablation row.
+    with progress(2 + len(args.presets) + len(variants), first="loading the model") as tick:
+        lm = load_model(device="cpu")
+        wins = load_windows(lm.tokenizer, windows // 2, PREFIX, CONT)
+        tick(f"{lm.name}, {len(wins)} windows")
+        ev = KVEvaluator(lm.model, wins, PREFIX)
+        tick("fp16 reference runs")
+        for name in args.presets:
+            presets.append(measure(name, Codec.from_preset(name), ev, reps))
+            tick(f"preset {name}")
+        for name, cfg in variants:
             ablation.append(measure(name, Codec(cfg), ev, 0))
-            print(f"  {name}: done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+            tick(f"ablation: {name}")
     command = "gearkv bench codec " + " ".join(argv) if argv else "gearkv bench codec"
     result: dict[str, Any] = {
         "command": command.strip(),

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .progress import progress
+
 __all__ = ["Row", "main"]
 
 CONTEXTS = (512, 1024, 2048, 4096)
@@ -167,11 +169,13 @@ def _run(contexts: Sequence[int], presets: Sequence[str], repeat: int, args: arg
         stack.callback(client.close)
         rclient = redis.Redis.from_url(url)
         stack.callback(rclient.close)
-        t = time.perf_counter()
+        # Steps: the model, then per context its recompute and per preset the push and each resume.
+        steps = 1 + len(contexts) * (1 + len(presets) * (1 + repeat))
+        tick = stack.enter_context(progress(steps, first="loading the model"))
         engine = Engine(load_model())
         engine.warmup()
         fingerprint = model_fingerprint(engine.loaded)
-        print(f"model ready in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+        tick("model ready")
         one = SamplingParams(max_new_tokens=1)
         for ctx in contexts:
             ids = _context_ids(engine.tokenizer, ctx + NEW_TOKENS * (repeat + 8))
@@ -185,7 +189,7 @@ def _run(contexts: Sequence[int], presets: Sequence[str], repeat: int, args: arg
                 return gen.first_token_at - t0
 
             recompute_s = _median(recompute, repeat)
-            print(f"{ctx} tokens: recompute {recompute_s:.2f}s", file=sys.stderr)
+            tick(f"{ctx} tokens: recompute {recompute_s:.2f}s")
             for preset in presets:
                 opts = SessionOptions(codec=preset, chunk_size=args.chunk_size, hot_cache_bytes=0)
                 session = f"bench-{preset}-{ctx}"
@@ -196,13 +200,14 @@ def _run(contexts: Sequence[int], presets: Sequence[str], repeat: int, args: arg
                 if pushed.error:
                     raise RuntimeError(f"push failed: {pushed.error} {pushed.detail}")
                 writer.close()
+                tick(f"{ctx} tokens, {preset}: session pushed")
                 refs = [r for r in pushed.chunks if r.start < ctx]
                 rkeys = [chunk_redis_key(store.tenant, r.key) for r in refs]
                 blobs = [client.get_chunk(r.key) for r in refs]
                 # Each repeat measures a resume and then its floor back to back, so that both see the
                 # same machine load; every resume rewrites the session but keeps its context chunks.
                 samples: list[tuple[float, float, float, float, float]] = []
-                for follow_up in prompts:
+                for i, follow_up in enumerate(prompts, 1):
                     fresh = Worker(engine, client, opts, WorkerMetrics(), fingerprint=fingerprint)
                     turn = fresh.generate(follow_up, one, session_id=session).run()
                     fresh.close()
@@ -213,6 +218,8 @@ def _run(contexts: Sequence[int], presets: Sequence[str], repeat: int, args: arg
                     get_s = _redis_get(rclient, rkeys)
                     dec_s = _decode_all(blobs, engine.device, engine.loaded.dtype)
                     samples.append((s.ttft_s, s.ttft_s - s.prefill_s, s.pull_s, get_s, dec_s))
+                    if i < len(prompts):
+                        tick(f"{ctx} tokens, {preset}: resume {i}/{len(prompts)} {s.ttft_s:.3f}s")
                 resume_s, overhead_s, pull_s, redis_get_s, decode_s = (
                     statistics.median(x[i] for x in samples) for i in range(5)
                 )
@@ -238,11 +245,9 @@ def _run(contexts: Sequence[int], presets: Sequence[str], repeat: int, args: arg
                     ratio=round(raw / stored, 2) if stored else 0.0,
                 )
                 rows.append(row)
-                print(
-                    f"  {preset}: resume {row.resume_s:.3f}s ({row.speedup}x), "
-                    f"overhead {row.overhead_s:.3f}s "
-                    f"vs floor {row.floor_s:.3f}s",
-                    file=sys.stderr,
+                tick(
+                    f"{ctx} tokens, {preset}: resume {row.resume_s:.3f}s ({row.speedup}x), "
+                    f"overhead {row.overhead_s:.3f}s vs floor {row.floor_s:.3f}s"
                 )
     return rows
 

@@ -22,7 +22,7 @@ import secrets
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 import redis.asyncio as aredis
 from gearkv.client import AsyncKVStoreClient, Namespace, RetryPolicy, keys
 from gearkv.store.local import LocalRedis, LocalStore
+
+from .progress import progress
 
 MIB = 1024 * 1024
 TENANT = "bench"
@@ -452,18 +454,6 @@ def render(result: dict[str, Any]) -> None:
     console.print(f"targets ({goal}): {met}")
 
 
-@contextlib.contextmanager
-def _progress(total: int) -> Iterator[Callable[[str], None]]:
-    """A progress bar on stderr (gone when done); yields ``tick(what)``, to call after each step."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task("starting", total=total)
-        yield lambda what: progress.update(task, advance=1, description=what)
-
-
 def main(argv: Sequence[str], prog: str = "gearkv bench store") -> int:
     from gearkv.cli import HelpFormatter
 
@@ -513,7 +503,7 @@ def main(argv: Sequence[str], prog: str = "gearkv bench store") -> int:
         if not store.in_process:
             pids["store"] = store.pid
         try:
-            with _progress(cfg.steps) as tick:
+            with progress(cfg.steps) as tick:
                 result = asyncio.run(run_bench(cfg, redis_url, store.address, store.token, pids, tick))
         except BaseException:
             print(store.log_tail(), file=sys.stderr)
