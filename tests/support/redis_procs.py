@@ -1,8 +1,9 @@
 """Real ``redis-server`` processes for tests: standalone servers and a 3-master/3-replica cluster.
 
-Servers bind 127.0.0.1 on free ports, keep their data in a private temporary folder, are polled with
-PING until they answer (no fixed sleeps), and are stopped by PID (SIGTERM, then SIGKILL) with their
-folder deleted. A stopped server can be started again on the same port (Redis restart tests).
+The servers themselves are ``gearkv.store.local.LocalRedis`` (127.0.0.1, free ports, private
+temporary folder, polled with PING until they answer, stopped by PID, restartable on the same port);
+this module only adds the test-side pieces: cleanup at interpreter exit, the cluster builder and
+polling helpers.
 """
 
 from __future__ import annotations
@@ -10,22 +11,15 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import redis
-from gearkv.store.local import free_port
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from gearkv.store.local import LocalRedis
 
-REDIS_SERVER = shutil.which("redis-server") or "redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "redis-cli"
-CLUSTER_BUS_OFFSET = 10000
 _LIVE: set[RedisServer] = set()  # stopped at interpreter exit even if a test run is interrupted
 
 
@@ -49,94 +43,26 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
         time.sleep(interval)
 
 
-@dataclass(eq=False)
-class RedisServer:
-    """One ``redis-server`` process on 127.0.0.1:``port`` (restartable on the same port)."""
+class RedisServer(LocalRedis):
+    """A ``LocalRedis`` that is cleaned up at interpreter exit if a test run is interrupted."""
 
-    port: int
-    extra_args: Sequence[str] = ()
-    password: str | None = None
-    dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gearkv-redis-")))
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def client(self, **kwargs: object) -> redis.Redis:
-        """A sync redis-py client for inspecting or damaging data in tests (no retries: fails fast)."""
-        kwargs.setdefault("retry", Retry(NoBackoff(), 0))
-        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, **kwargs)  # type: ignore[arg-type]
-
-    def args(self) -> list[str]:
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        args += ["--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no"]
-        args += ["--protected-mode", "no", "--loglevel", "warning"]
-        if self.password:
-            args += ["--requirepass", self.password]
-        return args + list(self.extra_args)
-
-    def start(self, timeout: float = 10.0) -> RedisServer:
-        if self.running:
-            return self
-        self.dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.dir / "redis.log", "ab")  # noqa: SIM115 - handed to the child process
-        try:
-            self.proc = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
-        finally:
-            log.close()
+    def start(self, timeout: float = 15.0, attempts: int = 5) -> RedisServer:
         _LIVE.add(self)
-
-        def ready() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                tail = (self.dir / "redis.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"redis-server on port {self.port} exited: {tail}")
-            with self.client(socket_connect_timeout=0.5, socket_timeout=0.5) as cli:
-                return bool(cli.ping())
-
-        wait_until(ready, timeout, f"redis-server PING on port {self.port}")
+        super().start(timeout, attempts)
         return self
-
-    def stop(self, *, kill: bool = False, timeout: float = 10.0) -> None:
-        """Stop the process by PID (SIGKILL when ``kill``); the data folder is kept for a restart."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
 
     def restart(self, *, kill: bool = False) -> RedisServer:
         self.stop(kill=kill)
         return self.start()
 
     def cleanup(self) -> None:
-        self.stop(kill=True)
+        self.close()
         _LIVE.discard(self)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def start_redis(
-    extra_args: Sequence[str] = (), *, password: str | None = None, attempts: int = 5
-) -> RedisServer:
+def start_redis(extra_args: Sequence[str] = (), *, password: str | None = None) -> RedisServer:
     """Start a standalone server on a free port (retrying on a port race with other processes)."""
-    last: Exception | None = None
-    for _ in range(attempts):
-        server = RedisServer(port=free_port(), extra_args=tuple(extra_args), password=password)
-        try:
-            return server.start()
-        except (RuntimeError, TimeoutError) as exc:
-            last = exc
-            server.cleanup()
-    raise RuntimeError(f"could not start redis-server: {last}")
+    return RedisServer(extra_args=extra_args, password=password).start()
 
 
 @dataclass
@@ -222,10 +148,9 @@ def start_cluster(*, node_timeout_ms: int = 1000, attempts: int = 3) -> RedisClu
         nodes: list[RedisServer] = []
         try:
             for _ in range(6):
-                port = free_port(also_free_offset=CLUSTER_BUS_OFFSET)
-                extra: tuple[str, ...] = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+                extra = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
                 extra = (*extra, "--cluster-node-timeout", str(node_timeout_ms))
-                node = RedisServer(port=port, extra_args=extra)
+                node = RedisServer(extra_args=extra)  # its port's bus port (+10000) is free too
                 nodes.append(node)
                 node.start()
             cluster = RedisCluster(nodes=nodes, node_timeout_ms=node_timeout_ms)

@@ -3,29 +3,20 @@
 ``start_store_thread`` runs ``gearkv.store.server.start_store`` on 127.0.0.1:0 in a background thread
 with its own asyncio loop, so sync and async clients (and sync or async tests) can all talk to it.
 ``StoreProcess`` runs ``python -m gearkv.cli store`` in a subprocess, for tests that SIGKILL the store.
+Both are the launchers of ``gearkv.store.local``; this module adds the test tenants and helpers.
 """
 
 from __future__ import annotations
 
 import atexit
 import hashlib
-import json
-import os
 import secrets
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from gearkv.store.local import ThreadedStore, free_port, health_serving, serve_in_thread
-
-from support.redis_procs import wait_until
+from gearkv.store.local import LocalStore, ThreadedStore, serve_in_thread
 
 DEFAULT_TENANTS: Mapping[str, int] = {"alice": 0, "bob": 0}
 _LIVE: set[StoreProcess] = set()  # killed at interpreter exit even if a test run is interrupted
@@ -108,72 +99,33 @@ def start_store_thread(cfg: Any, tokens: Mapping[str, str], backend: Any = None)
     return StoreHandle(serve_in_thread(cfg, backend=backend, timeout=30), dict(tokens), cfg)
 
 
-@dataclass(eq=False)
-class StoreProcess:
-    """``gearkv store`` in a child process (for crash tests); tenants' tokens come from a tokens file."""
+class StoreProcess(LocalStore):
+    """``gearkv store`` in a child process (for crash tests): a ``LocalStore`` with the test tenants.
 
-    redis_url: str
-    tenants: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_TENANTS))
-    extra_args: tuple[str, ...] = ()
-    port: int = 0
-    tokens: dict[str, str] = field(default_factory=dict)
-    dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gearkv-store-")))
-    proc: subprocess.Popen[bytes] | None = None
+    ``kill()`` sends SIGKILL, ``start()`` brings it back on the same port; cleaned up at interpreter
+    exit if a test run is interrupted.
+    """
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    def __init__(
+        self,
+        redis_url: str,
+        tenants: Mapping[str, int] = DEFAULT_TENANTS,
+        extra_args: Sequence[str] = (),
+        tokens: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            redis_url, "alice", tenants=tenants, tokens=tokens, grace=None, extra_args=extra_args
+        )
 
     def metadata(self, tenant: str = "alice") -> tuple[tuple[str, str], ...]:
         return auth_metadata(self.tokens[tenant])
 
     def start(self, timeout: float = 30.0) -> StoreProcess:
-        if not self.tokens:
-            self.tokens = make_tokens(self.tenants)
-        tokens_file = self.dir / "tokens.json"
-        spec = {
-            name: {"token_sha256": hashlib.sha256(self.tokens[name].encode()).hexdigest(), "quota_bytes": q}
-            for name, q in self.tenants.items()
-        }
-        tokens_file.write_text(json.dumps(spec))
-        self.port = self.port or free_port()
-        cmd = [sys.executable, "-m", "gearkv.cli", "store", "--redis-url", self.redis_url]
-        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--tokens-file", str(tokens_file)]
-        cmd += list(self.extra_args)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GEARKV_")}
-        log = open(self.dir / "store.log", "ab")  # noqa: SIM115 - handed to the child process
-        try:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        finally:
-            log.close()
         _LIVE.add(self)
-
-        def ready() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"store exited: {self.log()[-2000:]}")
-            return health_serving(self.address)
-
-        wait_until(ready, timeout, f"store health SERVING on {self.address}", interval=0.05)
+        super().start(timeout)
         return self
-
-    def log(self) -> str:
-        path = self.dir / "store.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def kill(self) -> None:
-        """SIGKILL: no graceful shutdown, no cleanup (a crash)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def terminate(self, timeout: float = 15.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout)
 
     def cleanup(self) -> None:
         self.kill()
+        self.stop()
         _LIVE.discard(self)
-        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,9 +1,10 @@
 """A local stack on loopback: ``redis-server`` and the store, started on free ports and cleaned up after.
 
 The one place that launches these for the demo, the benchmarks and the tests. ``LocalRedis`` runs
-``redis-server`` with a private temporary folder (no persistence) and stops it by PID. ``LocalStore``
-runs the real store (``gearkv store``) as a child process, or in this process via
-``serve_in_thread``, authenticated with a fresh random token.
+``redis-server`` with a private temporary folder (no persistence), stops it by PID and can start it
+again on the same port. ``LocalStore`` runs the real store (``gearkv store``) as a child process
+(killable and restartable on the same port), or in this process via ``serve_in_thread``,
+authenticated with fresh random tokens.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gearkv.store.auth import hash_token
 from gearkv.store.config import StoreConfig, TenantConfig
+
+if TYPE_CHECKING:
+    import redis
 
 __all__ = [
     "LocalRedis",
@@ -42,6 +46,7 @@ __all__ = [
 
 T = TypeVar("T")
 LOOPBACK = "127.0.0.1"
+_CLUSTER_BUS_OFFSET = 10000  # a Redis Cluster node also listens on port + 10000
 
 
 def port_is_free(port: int) -> bool:
@@ -71,11 +76,16 @@ def free_port(*, also_free_offset: int | None = None) -> int:
     raise RuntimeError("no free loopback port found")
 
 
-def stop_child(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout`` seconds; a no-op for a process that already exited."""
-    if proc is None or proc.poll() is not None:
+def stop_child(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0, *, kill: bool = False) -> None:
+    """SIGTERM (SIGKILL when ``kill``), then SIGKILL after ``timeout`` seconds.
+
+    A no-op for a process that already exited (it is still reaped).
+    """
+    if proc is None:
         return
-    proc.send_signal(signal.SIGTERM)
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -110,62 +120,123 @@ def health_serving(address: str, timeout: float = 1.0) -> bool:
 
 
 class LocalRedis:
-    """``redis-server`` on 127.0.0.1:<free port>; ``url`` once started, ``stop()`` kills it by PID."""
+    """``redis-server`` on 127.0.0.1 (a free port, or ``port``), restartable on the same port.
 
-    def __init__(self, executable: str | None = None) -> None:
+    ``stop()`` stops the process by PID (SIGTERM, or SIGKILL with ``kill=True``) and keeps the data
+    folder, so ``start()`` brings it back on the same port (a Redis cluster node keeps its
+    ``nodes.conf``); ``close()`` (and leaving the ``with`` block) also deletes the folder.
+    """
+
+    def __init__(
+        self,
+        executable: str | None = None,
+        *,
+        port: int = 0,
+        extra_args: Sequence[str] = (),
+        password: str | None = None,
+    ) -> None:
         self.executable = executable or shutil.which("redis-server")
-        self.port = 0
+        self.port = port
+        self.extra_args = tuple(extra_args)
+        self.password = password
         self.dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{LOOPBACK}:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{LOOPBACK}:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A sync redis-py client for this server (no retries: fails fast)."""
+        import redis as redis_py
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        kwargs.setdefault("retry", Retry(NoBackoff(), 0))
+        return redis_py.Redis(host=LOOPBACK, port=self.port, password=self.password, **kwargs)
+
+    def args(self) -> list[str]:
+        assert self.executable is not None and self.dir is not None
+        args = [self.executable, "--port", str(self.port), "--bind", LOOPBACK, "--save", ""]
+        args += ["--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no"]
+        args += ["--protected-mode", "no", "--loglevel", "warning"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        return args + list(self.extra_args)
+
     def start(self, timeout: float = 15.0, attempts: int = 5) -> LocalRedis:
-        """Start the server and wait until it answers PING (retrying on a port race).
+        """Start the server and wait until it answers PING; a no-op while it runs.
+
+        Without a port yet, a free one is picked (retrying on a port race up to ``attempts`` times);
+        once it has one (given, or from an earlier start), it starts on that port.
 
         Raises:
             RuntimeError: redis-server is missing or would not start.
         """
+        if self.running:
+            return self
         if self.executable is None:
             raise RuntimeError("redis-server is not on PATH (install Redis or pass --redis-url)")
+        fixed = self.port != 0
         last = ""
-        for _ in range(attempts):
-            self.port = free_port()
-            self.dir = Path(tempfile.mkdtemp(prefix="gearkv-redis-"))
-            args = [self.executable, "--port", str(self.port), "--bind", LOOPBACK, "--save", ""]
-            args += ["--appendonly", "no", "--dir", str(self.dir), "--protected-mode", "no"]
-            args += ["--loglevel", "warning"]
-            self.proc = _spawn(args, self.dir / "redis.log", cwd=self.dir)
+        for _ in range(1 if fixed else attempts):
+            if not fixed:
+                self.port = free_port(also_free_offset=_CLUSTER_BUS_OFFSET if self._cluster else None)
+            if self.dir is None:
+                self.dir = Path(tempfile.mkdtemp(prefix="gearkv-redis-"))
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.proc = _spawn(self.args(), self.dir / "redis.log", cwd=self.dir)
             if self._wait_ready(timeout):
                 return self
-            last = _tail(self.dir / "redis.log", 500)
-            self.stop()
+            last = _tail(self.dir / "redis.log", 2000)
+            if fixed:
+                self.stop(kill=True)
+            else:
+                self.close()
+                self.port = 0
         raise RuntimeError(f"redis-server would not start: {last}")
 
+    @property
+    def _cluster(self) -> bool:
+        return "--cluster-enabled" in self.extra_args
+
     def _wait_ready(self, timeout: float) -> bool:
-        import redis
+        import redis as redis_py
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
                 return False
             try:
-                with redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=0.5) as cli:
+                with self.client(socket_connect_timeout=0.5, socket_timeout=0.5) as cli:
                     if cli.ping():
                         return True
-            except (redis.RedisError, OSError):
-                time.sleep(0.02)
+            except (redis_py.RedisError, OSError):
+                pass
+            time.sleep(0.02)
         return False
 
-    def stop(self) -> None:
+    def stop(self, *, kill: bool = False, timeout: float = 10.0) -> None:
+        """Stop the process by PID (SIGKILL when ``kill``); the data folder is kept for a restart."""
         proc, self.proc = self.proc, None
-        stop_child(proc)
+        stop_child(proc, timeout=timeout, kill=kill)
+
+    def restart(self, *, kill: bool = False) -> LocalRedis:
+        self.stop(kill=kill)
+        return self.start()
+
+    def close(self) -> None:
+        """Kill the process and delete its data folder."""
+        self.stop(kill=True)
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
@@ -177,6 +248,7 @@ class LocalRedis:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+        self.close()
 
 
 class ThreadedStore:
@@ -246,32 +318,73 @@ def serve_in_thread(cfg: StoreConfig, backend: Any = None, timeout: float = 60.0
 
 
 class LocalStore:
-    """The GearKV store on 127.0.0.1:<free port> for one tenant: a child process, or in this process.
+    """The GearKV store on 127.0.0.1 (a free port, or ``port``): a child process, or in this process.
 
     A child process (the default) is what production looks like and keeps the store's event loop
     from competing with the caller for this interpreter's GIL, which would inflate client timings.
+    Its tenants' tokens reach it in a tokens file; ``kill()`` (SIGKILL, a crash) or ``terminate()``
+    end it, and ``start()`` brings it back on the same port with the same tokens. ``stop()`` (and
+    leaving the ``with`` block) ends it and deletes its folder.
+
+    ``tenants`` maps tenant names to quota bytes (0: none); by default the single ``tenant``.
+    ``tokens`` gives their plain tokens (fresh random ones otherwise); ``token`` is ``tenant``'s.
+    ``grace`` is passed as ``--grace`` (None: the CLI default); ``extra_args`` follow it.
     """
 
     def __init__(
-        self, redis_url: str, tenant: str = "demo", *, in_process: bool = False, token: str | None = None
+        self,
+        redis_url: str,
+        tenant: str = "demo",
+        *,
+        in_process: bool = False,
+        token: str | None = None,
+        tenants: Mapping[str, int] | None = None,
+        tokens: Mapping[str, str] | None = None,
+        port: int = 0,
+        grace: float | None = 1.0,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.redis_url = redis_url
         self.tenant = tenant
-        self.token = token or f"gkv-{tenant}-{secrets.token_urlsafe(18)}"
+        self.tenants: dict[str, int] = dict(tenants) if tenants is not None else {tenant: 0}
+        self.tokens: dict[str, str] = dict(tokens or {})
+        if token is not None:
+            self.tokens[tenant] = token
+        for name in self.tenants:
+            self.tokens.setdefault(name, f"gkv-{name}-{secrets.token_urlsafe(18)}")
         self.in_process = in_process
-        self.address = ""
+        self.port = port
+        self.grace = grace
+        self.extra_args = tuple(extra_args)
         self._threaded: ThreadedStore | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._dir: Path | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.dir: Path | None = None
+        self._address = ""
+
+    @property
+    def token(self) -> str:
+        """The plain token of ``tenant``."""
+        return self.tokens[self.tenant]
+
+    @property
+    def address(self) -> str:
+        if self._threaded is not None:
+            return self._threaded.address
+        return self._address
 
     @property
     def pid(self) -> int:
         """The process serving the store (this one when in-process)."""
-        return self._proc.pid if self._proc is not None else os.getpid()
+        return self.proc.pid if self.proc is not None else os.getpid()
+
+    def log(self) -> str:
+        """The child's whole log ("" in-process or once stopped)."""
+        path = self.dir / "store.log" if self.dir is not None else None
+        return path.read_text(errors="replace") if path is not None and path.exists() else ""
 
     def log_tail(self, chars: int = 3000) -> str:
         """The end of the child's log ("" in-process or once stopped)."""
-        return _tail(self._dir / "store.log", chars) if self._dir is not None else ""
+        return self.log()[-chars:]
 
     def start(self, timeout: float = 60.0) -> LocalStore:
         """Start the store and wait until it serves.
@@ -281,50 +394,75 @@ class LocalStore:
         """
         if self.in_process:
             self._threaded = serve_in_thread(self._config(), timeout=timeout)
-            self.address = self._threaded.address
             return self
         return self._start_process(timeout)
 
     def _config(self) -> StoreConfig:
-        tenant = TenantConfig(self.tenant, hash_token(self.token))
-        return StoreConfig(redis_url=self.redis_url, host=LOOPBACK, port=0, tenants=(tenant,), grace_s=1.0)
+        tenants = tuple(
+            TenantConfig(name, hash_token(self.tokens[name]), quota_bytes=quota)
+            for name, quota in self.tenants.items()
+        )
+        settings: dict[str, Any] = {"grace_s": self.grace} if self.grace is not None else {}
+        return StoreConfig(
+            redis_url=self.redis_url, host=LOOPBACK, port=self.port, tenants=tenants, **settings
+        )
 
     def _start_process(self, timeout: float) -> LocalStore:
-        self._dir = Path(tempfile.mkdtemp(prefix="gearkv-store-"))
-        tokens = self._dir / "tokens.json"
-        tokens.write_text(
-            json.dumps({self.tenant: {"token_sha256": hash_token(self.token), "quota_bytes": 0}})
-        )
-        port = free_port()
+        if self.dir is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="gearkv-store-"))
+        tokens = self.dir / "tokens.json"
+        spec = {
+            name: {"token_sha256": hash_token(self.tokens[name]), "quota_bytes": quota}
+            for name, quota in self.tenants.items()
+        }
+        tokens.write_text(json.dumps(spec))
+        self.port = self.port or free_port()
         cmd = [sys.executable, "-m", "gearkv.cli", "store", "--redis-url", self.redis_url]
-        cmd += ["--host", LOOPBACK, "--port", str(port), "--tokens-file", str(tokens), "--grace", "1"]
+        cmd += ["--host", LOOPBACK, "--port", str(self.port), "--tokens-file", str(tokens)]
+        if self.grace is not None:
+            cmd += ["--grace", f"{self.grace:g}"]
+        cmd += list(self.extra_args)
         env = {k: v for k, v in os.environ.items() if not k.startswith("GEARKV_")}
-        self._proc = _spawn(cmd, self._dir / "store.log", env=env)
-        self.address = f"{LOOPBACK}:{port}"
+        self.proc = _spawn(cmd, self.dir / "store.log", env=env)
+        self._address = f"{LOOPBACK}:{self.port}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                tail = self.log_tail(1500)
-                self.stop()
-                raise RuntimeError(f"the store exited: {tail}")
-            if health_serving(self.address):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the store exited: {self.log_tail(2000)}")
+            if health_serving(self._address):
                 return self
             time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"the store did not become healthy within {timeout:.0f} s")
+        raise RuntimeError(f"the store did not become healthy on {self._address} within {timeout:.0f} s")
+
+    def kill(self) -> None:
+        """SIGKILL the child: no graceful shutdown, no cleanup (a crash); ``start()`` brings it back."""
+        stop_child(self.proc, kill=True)
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        """SIGTERM the child and wait; returns its exit code."""
+        if self.proc is None:
+            raise RuntimeError("the store process was not started")
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
 
     def stop(self) -> None:
-        proc, self._proc = self._proc, None
+        """End the store (SIGTERM, then SIGKILL) and delete its folder."""
+        proc, self.proc = self.proc, None
         stop_child(proc, timeout=15)
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
         threaded, self._threaded = self._threaded, None
         if threaded is not None:
             threaded.stop()
 
     def __enter__(self) -> LocalStore:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def __exit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
