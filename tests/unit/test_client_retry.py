@@ -125,14 +125,21 @@ def test_a_deadline_stops_retrying_before_it_passes() -> None:
     assert call_with_retry(policy, fn, sleep=slept.append, deadline=time.monotonic() + 60.0) == 1
 
 
-def test_timeout_bounds_the_whole_call_with_retries() -> None:
+@pytest.mark.parametrize("call", ["stats", "put_chunk", "get_chunk"])
+def test_timeout_bounds_the_whole_call_with_retries(call: str) -> None:
     import time
 
-    from gearkv.client import KVStoreClient
+    from gearkv.client import KVStoreClient, Namespace
     from gearkv.store.local import free_port
 
+    ns = Namespace("m:1", "raw/v1", 4)
+    calls = {
+        "stats": lambda c: c.stats(),
+        "put_chunk": lambda c: c.put_chunk(ns, "", 0, [1, 2, 3, 4], b"x" * 64, raw_bytes=64),
+        "get_chunk": lambda c: c.get_chunk("a" * 64),
+    }
     with KVStoreClient(f"127.0.0.1:{free_port()}", timeout=0.6, retry=RetryPolicy(attempts=50)) as client:
         t0 = time.monotonic()
         with pytest.raises((KVStoreUnavailable, KVStoreTimeout)):
-            client.stats()
+            calls[call](client)
         assert time.monotonic() - t0 < 1.5  # 50 attempts, yet the call ends near its 0.6 s timeout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
@@ -17,7 +16,6 @@ from gearkv.client._base import (
     BytesLike,
     KVStoreClientBase,
     check_key,
-    check_timeout,
     map_rpc_errors,
     put_chunk_messages,
 )
@@ -122,25 +120,26 @@ class AsyncKVStoreClient(KVStoreClientBase):
         ``raw_bytes`` and ``ttl_s`` are keywords (see KVStoreClient.put_chunk)."""
         raw_bytes, ttl_s = self._put_sizes(legacy, raw_bytes, ttl_s)
         header, view = self._put_chunk_header(ns, parent_key, start, token_ids, data, raw_bytes, ttl_s)
-        kwargs = self._call_kwargs(timeout)
-        budget = check_timeout(timeout, self._timeout)
+        deadline = self._deadline(timeout)
 
         async def attempt(_: int) -> PutChunkResult:
-            with map_rpc_errors(deadline=time.monotonic() + budget):
+            kwargs = self._attempt_kwargs(deadline)
+            with map_rpc_errors(deadline=deadline):
                 if len(view) <= PART_BYTES:
                     response = await self._stub().PutSmallChunk(wire.PutPart(header, view), **kwargs)
                 else:
                     response = await self._stub().PutChunk(put_chunk_messages(header, view), **kwargs)
             return self.parse_put(response)
 
-        return await acall_with_retry(self._retry, attempt)
+        return await acall_with_retry(self._retry, attempt, deadline=deadline)
 
     async def get_chunk(self, key: str, *, timeout: float | None = None) -> bytes:
         """Download one chunk's bytes. Raises ChunkNotFound (missing/expired) or ChunkCorrupt."""
         request = self._get_chunk_request(key)
-        kwargs = self._call_kwargs(timeout)
+        deadline = self._deadline(timeout)
 
         async def attempt(_: int) -> bytes:
+            kwargs = self._attempt_kwargs(deadline)
             if self._use_small_get():
                 try:
                     with map_rpc_errors(ChunkNotFound):
@@ -155,7 +154,7 @@ class AsyncKVStoreClient(KVStoreClientBase):
                     assembler.feed(msg)
             return self._streamed(assembler.result())
 
-        return await acall_with_retry(self._retry, attempt)
+        return await acall_with_retry(self._retry, attempt, deadline=deadline)
 
     async def get_chunks(self, keys: Iterable[str], *, timeout: float | None = None) -> AsyncIterator[bytes]:
         """Download chunks concurrently (at most ``prefetch`` at a time) and yield them in order.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ from gearkv.client._base import (
     BytesLike,
     KVStoreClientBase,
     check_key,
-    check_timeout,
     map_rpc_errors,
     put_chunk_messages,
 )
@@ -69,8 +67,8 @@ class KVStoreClient(KVStoreClientBase):
             ``dns:///host:port`` (calls spread round robin over every address it resolves to),
             ``unix:/path``, ``unix:///abs/path``, ``ipv4:a:port,b:port``, ``ipv6:[::1]:port``.
         token: the tenant's bearer token.
-        timeout: default deadline of a call in seconds; for unary calls it bounds the whole call,
-            retries and backoff included (a chunk upload or download bounds each attempt).
+        timeout: default deadline of a call in seconds, retries and backoff included (for
+            ``get_chunks``: of each chunk's download).
         tls: TLS / mutual TLS options (implied with system roots by ``grpcs://``).
         retry: retry policy for idempotent calls (default: 3 attempts on UNAVAILABLE/DEADLINE).
         verify_digest: recompute each pulled chunk's XXH3-128 digest (default; ~0.03 ms per MiB).
@@ -143,16 +141,16 @@ class KVStoreClient(KVStoreClientBase):
         """
         raw_bytes, ttl_s = self._put_sizes(legacy, raw_bytes, ttl_s)
         header, view = self._put_chunk_header(ns, parent_key, start, token_ids, data, raw_bytes, ttl_s)
-        kwargs = self._call_kwargs(timeout)
-        budget = check_timeout(timeout, self._timeout)
+        deadline = self._deadline(timeout)
 
         def attempt(_: int) -> PutChunkResult:
-            with map_rpc_errors(deadline=time.monotonic() + budget):
+            kwargs = self._attempt_kwargs(deadline)
+            with map_rpc_errors(deadline=deadline):
                 if len(view) <= PART_BYTES:
                     return self.parse_put(self._stub.PutSmallChunk(wire.PutPart(header, view), **kwargs))
                 return self.parse_put(self._stub.PutChunk(put_chunk_messages(header, view), **kwargs))
 
-        return call_with_retry(self._retry, attempt)
+        return call_with_retry(self._retry, attempt, deadline=deadline)
 
     def get_chunk(self, key: str, *, timeout: float | None = None) -> bytes:
         """Download one chunk's bytes. Raises ChunkNotFound (missing/expired) or ChunkCorrupt."""
@@ -191,9 +189,10 @@ class KVStoreClient(KVStoreClientBase):
 
     def _get_chunk(self, key: str, timeout: float | None, first_call: _Started | None) -> bytes:
         request = self._get_chunk_request(key)
-        kwargs = self._call_kwargs(timeout)
+        deadline = self._deadline(timeout)
 
         def attempt(n: int) -> bytes:
+            kwargs = self._attempt_kwargs(deadline)
             started = first_call if n == 0 else None
             if started is None and self._use_small_get():
                 started = _Started(True, self._stub.GetSmallChunk.future(request, **kwargs))
@@ -213,7 +212,7 @@ class KVStoreClient(KVStoreClientBase):
                     assembler.feed(msg)
             return self._streamed(assembler.result())
 
-        return call_with_retry(self._retry, attempt)
+        return call_with_retry(self._retry, attempt, deadline=deadline)
 
     # ---- prefix, commit, sessions ---------------------------------------------------------------
 
