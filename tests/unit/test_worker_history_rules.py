@@ -1,4 +1,4 @@
-"""The worker's pure history decisions: which history a turn continues, and what it is called."""
+"""The worker's pure turn rules: which history a turn continues, what it is called, admission."""
 
 from __future__ import annotations
 
@@ -78,3 +78,23 @@ def test_settle(local: LocalState | None, store_version: int, expected: Continue
 )
 def test_classify(kw: dict[str, object], expected: tuple[str, str]) -> None:
     assert classify(**kw) == expected  # type: ignore[arg-type]
+
+
+def test_admission_one_turn_per_session_and_a_bounded_number_in_flight() -> None:
+    from gearkv.worker.admission import Admission
+    from gearkv.worker.errors import SessionBusy, WorkerOverloaded
+    from prometheus_client import CollectorRegistry, Gauge
+
+    gauge = Gauge("in_flight", "turns", registry=CollectorRegistry())
+    admission = Admission(2, gauge)
+    release_a = admission.enter("a")
+    with pytest.raises(SessionBusy, match="'a'"):
+        admission.enter("a")
+    admission.enter("b")
+    with pytest.raises(WorkerOverloaded, match="max 2"):
+        admission.enter("c")
+    assert gauge._value.get() == 2
+    release_a()
+    release_a()  # idempotent: a closed turn's generator and its close() both release
+    assert gauge._value.get() == 1
+    admission.enter("a")

@@ -37,10 +37,11 @@ from gearkv.client import ChatMessage, ChunkRef, TurnStart, errors
 from gearkv.client.keys import Namespace, is_valid_session_id
 from gearkv.codec import Codec, CodecError
 from gearkv.worker import hf_cache
+from gearkv.worker.admission import Admission
 from gearkv.worker.chunking import common_prefix
 from gearkv.worker.config import SessionOptions
 from gearkv.worker.engine import Delta, Engine, Generation, SamplingParams
-from gearkv.worker.errors import InvalidRequest, SessionBusy, WorkerOverloaded
+from gearkv.worker.errors import InvalidRequest, SessionBusy
 from gearkv.worker.fingerprint import model_fingerprint
 from gearkv.worker.history import Continue, LocalState, classify, settle
 from gearkv.worker.hot_cache import HotCache, HotEntry
@@ -207,8 +208,7 @@ class Worker:
         self.hot = HotCache(self.options.hot_cache_bytes)
         self._local: OrderedDict[str, _Local] = OrderedDict()
         self._lock = threading.Lock()
-        self._busy: set[str] = set()
-        self._in_flight = 0
+        self.admission = Admission(self.options.max_turns_in_flight, self.metrics.turns_in_flight)
         turns = self.options.max_turns_in_flight
         self.pushes = PushQueue(
             max_queued=2 * turns, max_retrying=4 * turns, background=self.options.background_push
@@ -243,7 +243,7 @@ class Worker:
         if rewind_turns < 0:
             raise InvalidRequest("rewind_turns must be >= 0")
         params = params or SamplingParams()
-        release = self._enter(session_id)
+        release = self.admission.enter(session_id)
         turn = Turn(iter(()), release)
         turn._steps = self._guarded(
             release, self._chat_steps(turn, session_id, message, params, system_prompt, rewind_turns)
@@ -273,7 +273,7 @@ class Worker:
                 f"token_ids has {len(ids)} tokens; the model's context is {self.engine.max_context}"
             )
         params = params or SamplingParams()
-        release = self._enter(session_id or f"\0anon-{id(ids)}")
+        release = self.admission.enter(session_id or f"\0anon-{id(ids)}")
         turn = Turn(iter(()), release)
         turn._steps = self._guarded(release, self._generate_steps(turn, session_id, ids, params))
         return turn
@@ -303,32 +303,6 @@ class Worker:
             return local.messages if local else ()
 
     # -- turn flow -------------------------------------------------------------------------------
-
-    def _enter(self, key: str) -> Callable[[], None]:
-        """Take a turn slot for ``key``; returns the (idempotent) call that gives it back."""
-        with self._lock:
-            if key in self._busy:
-                raise SessionBusy(f"session {key!r} already has a turn running")
-            if self._in_flight >= self.options.max_turns_in_flight:
-                raise WorkerOverloaded(
-                    f"{self._in_flight} turns in flight (max {self.options.max_turns_in_flight})"
-                )
-            self._busy.add(key)
-            self._in_flight += 1
-            self.metrics.turns_in_flight.set(self._in_flight)
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            with self._lock:
-                if released:
-                    return
-                released = True
-                self._busy.discard(key)
-                self._in_flight -= 1
-                self.metrics.turns_in_flight.set(self._in_flight)
-
-        return release
 
     @staticmethod
     def _guarded(release: Callable[[], None], steps: Iterator[Delta]) -> Iterator[Delta]:
