@@ -19,10 +19,11 @@ from gearkv.api.v1 import worker_pb2 as pb
 from gearkv.api.v1 import worker_pb2_grpc
 from gearkv.client import KVStoreClient
 from gearkv.store.local import free_port
+from gearkv.worker.config import SessionOptions
 from gearkv.worker.engine import Engine
 from gearkv.worker.metrics import WorkerMetrics
 from gearkv.worker.service import start_worker_server
-from gearkv.worker.sessions import SessionOptions, Worker
+from gearkv.worker.sessions import Worker
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 # The real model on the worker's path: a transformers FutureWarning (a deprecated call) is an error.

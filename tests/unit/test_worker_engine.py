@@ -347,7 +347,8 @@ def test_prefill_in_slices_equals_one_pass() -> None:
 
 
 def test_a_cancelled_turn_frees_its_session_at_once() -> None:
-    from gearkv.worker.sessions import SessionOptions, Worker
+    from gearkv.worker.config import SessionOptions
+    from gearkv.worker.sessions import Worker
 
     worker = Worker(no_eos(tiny_engine()), None, SessionOptions(), fingerprint="tiny:0")
     try:

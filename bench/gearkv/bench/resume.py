@@ -152,11 +152,12 @@ def _run(contexts: Sequence[int], presets: Sequence[str], repeat: int, args: arg
     from gearkv.client import KVStoreClient
     from gearkv.store.local import LocalRedis, LocalStore
     from gearkv.store.redis_keys import chunk_redis_key
+    from gearkv.worker.config import SessionOptions
     from gearkv.worker.engine import Engine, SamplingParams
     from gearkv.worker.fingerprint import model_fingerprint
     from gearkv.worker.metrics import WorkerMetrics
     from gearkv.worker.model import load_model
-    from gearkv.worker.sessions import SessionOptions, Worker
+    from gearkv.worker.sessions import Worker
 
     torch.set_num_threads(args.threads)
     rows: list[Row] = []

@@ -228,7 +228,7 @@ class AsyncKVStoreClient(KVStoreClientBase):
         try:
             response = await self._unary("BeginTurn", request, timeout)
         except VersionConflict as exc:
-            raise TurnInProgress(str(exc), code=exc.code) from exc
+            raise TurnInProgress(exc.details, code=exc.code) from exc
         return self.parse_turn_start(response)
 
     async def end_turn(self, session_id: str, lease_id: str, *, timeout: float | None = None) -> None:

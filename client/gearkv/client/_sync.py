@@ -266,7 +266,7 @@ class KVStoreClient(KVStoreClientBase):
         try:
             response = self._unary(self._stub.BeginTurn, request, timeout)
         except VersionConflict as exc:
-            raise TurnInProgress(str(exc), code=exc.code) from exc
+            raise TurnInProgress(exc.details, code=exc.code) from exc
         return self.parse_turn_start(response)
 
     def end_turn(self, session_id: str, lease_id: str, *, timeout: float | None = None) -> None:

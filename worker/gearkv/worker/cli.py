@@ -14,8 +14,7 @@ from typing import Any
 
 from gearkv.api import units
 from gearkv.cli import HelpFormatter
-from gearkv.worker.config import WorkerConfig
-from gearkv.worker.sessions import SessionOptions
+from gearkv.worker.config import SessionOptions, WorkerConfig
 
 __all__ = ["config_from_args", "main", "parse_size"]
 

@@ -181,12 +181,13 @@ def _run(args: argparse.Namespace) -> int:
     from gearkv.api.v1 import worker_pb2_grpc
     from gearkv.client import KVStoreClient
     from gearkv.store.local import LocalRedis, LocalStore
+    from gearkv.worker.config import SessionOptions
     from gearkv.worker.engine import Engine, SamplingParams
     from gearkv.worker.fingerprint import model_fingerprint
     from gearkv.worker.metrics import WorkerMetrics
     from gearkv.worker.model import load_model
     from gearkv.worker.service import start_worker_server
-    from gearkv.worker.sessions import SessionOptions, Worker
+    from gearkv.worker.sessions import Worker
     from rich.console import Console, Group
     from rich.live import Live
     from rich.panel import Panel

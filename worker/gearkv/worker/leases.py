@@ -46,10 +46,6 @@ class LeaseKeeper:
             if session_id in self._held and self._held[session_id][0] == lease_id:
                 del self._held[session_id]
 
-    def held(self) -> dict[str, str]:
-        with self._lock:
-            return {sid: lease for sid, (lease, _) in self._held.items()}
-
     def close(self) -> None:
         self._stop.set()
 

@@ -51,7 +51,7 @@ from gearkv.worker.push_queue import PushQueue
 from gearkv.worker.store_client import StoreClient
 from gearkv.worker.transfer import KVGeometry, PushResult, fault_reason, pull_prefix, push_turn
 
-__all__ = ["SessionOptions", "Turn", "TurnStats", "Worker"]
+__all__ = ["Turn", "TurnStats", "Worker"]
 
 log = logging.getLogger("gearkv.worker")
 
