@@ -254,6 +254,34 @@ def test_redis_down_is_unavailable_and_recovers(
         wait_until(lambda: health_serving(handle.address), 10, "health SERVING again")
 
 
+def test_redis_down_answers_before_the_client_deadline_then_fails_fast(
+    store_factory: Callable[..., StoreHandle], redis_server: RedisServer
+) -> None:
+    """A client with 0.5 s gets the store's UNAVAILABLE, not its own timeout; once the store has seen
+    Redis stay down for a whole retry budget it answers at once instead of retrying every call."""
+    handle = store_factory(redis_server.url, redis_retry_budget_s=3.0, redis_timeout_s=1.0)
+    md = handle.metadata()
+    channel, stub = stub_for(handle.address)
+    with channel:
+        assert stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10) is not None
+        redis_server.stop(kill=True)
+        for _ in range(3):
+            started = time.monotonic()
+            code = code_of(lambda: stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=0.5))
+            assert code == grpc.StatusCode.UNAVAILABLE, code
+            assert time.monotonic() - started < 0.5
+        started = time.monotonic()
+        code = code_of(lambda: stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10))
+        assert code == grpc.StatusCode.UNAVAILABLE, code
+        assert time.monotonic() - started < 1.0, "known down: one attempt, not a 3 s retry budget"
+        redis_server.start()
+        wait_until(
+            lambda: code_of(lambda: stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=5)) == OK,
+            10,
+            "recovery after Redis is back",
+        )
+
+
 @pytest.mark.slow
 def test_store_killed_between_chunk_writes_and_commit_leaves_only_orphans(
     store_process_factory: Callable[..., StoreProcess], redis_server: RedisServer

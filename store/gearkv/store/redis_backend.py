@@ -67,6 +67,13 @@ _RETRYABLE: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
 )
 
+# Refused connections mean Redis is down, not busy: see RedisBackend._backend_down.
+_UNREACHABLE: tuple[type[BaseException], ...] = (rexc.ConnectionError, ConnectionError, OSError)
+# How long before a client's deadline the store stops retrying Redis and answers UNAVAILABLE:
+# a tenth of the time the client gives, within these bounds.
+_MIN_ANSWER_MARGIN_S = 0.02
+_MAX_ANSWER_MARGIN_S = 0.25
+
 
 def _error_kind(exc: BaseException) -> str:
     """A bounded label for the redis_errors metric."""
@@ -111,6 +118,9 @@ class RedisBackend:
         self._cluster = cfg.is_cluster
         self.kind = "redis-cluster" if self._cluster else "redis"
         self._last_reap: dict[str, float] = {}
+        # Set when a standalone Redis stayed unreachable for a whole retry budget, cleared by the next
+        # success (the health probe's ping included). A cluster keeps retrying: its failover needs it.
+        self._backend_down = False
         common: dict[str, Any] = {
             "socket_timeout": cfg.redis_timeout_s,
             "socket_connect_timeout": min(cfg.redis_timeout_s, 2.0),
@@ -142,14 +152,21 @@ class RedisBackend:
 
     async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn`` with bounded, jittered retries; translate every failure into a StoreError."""
-        deadline = time.monotonic() + self._cfg.redis_retry_budget_s
+        now = time.monotonic()
+        # While Redis is known to be down, one attempt and no retries: callers learn it at once and
+        # an outage does not turn every request into a retry loop.
+        deadline = now + (0.0 if self._backend_down else self._cfg.redis_retry_budget_s)
         client_deadline = deadline_var.get()
         if client_deadline is not None:
-            deadline = min(deadline, client_deadline)
+            # Give up a little before the client does, so it gets our UNAVAILABLE, not its own timeout.
+            margin = min(max(0.1 * (client_deadline - now), _MIN_ANSWER_MARGIN_S), _MAX_ANSWER_MARGIN_S)
+            deadline = min(deadline, client_deadline - margin)
         failures = 0
         while True:
             try:
-                return await fn()
+                result = await fn()
+                self._backend_down = False
+                return result
             except StoreError:
                 raise
             except rexc.OutOfMemoryError as exc:
@@ -174,6 +191,8 @@ class RedisBackend:
                 failures += 1
                 delay = BACKOFF.compute(failures)
                 if not retryable or time.monotonic() + delay > deadline:
+                    if retryable and not self._cluster and isinstance(exc, _UNREACHABLE):
+                        self._backend_down = True
                     level = logging.DEBUG if op == "ping" else logging.WARNING  # health probe: no spam
                     log.log(
                         level, "redis %s failed (%s) after %d attempt(s)", op, type(exc).__name__, failures
