@@ -435,6 +435,28 @@ async def test_match_prefix_on_the_fake_backend(servicer: KVStoreServicer, backe
     assert got.matched == 8 and got.reason == "not_stored"
 
 
+async def test_chain_walk_hashes_only_up_to_the_first_missing_chunk(
+    servicer: KVStoreServicer, backend: FakeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A million-token lookup with nothing stored hashes a few chunks, not every token (it held the
+    event loop, and every other tenant, for seconds); a stored prefix is still found in full."""
+    import gearkv.store.prefix as prefix
+
+    hashed: list[int] = []
+    real = prefix.chunk_key
+    monkeypatch.setattr(prefix, "chunk_key", lambda *a: hashed.append(1) or real(*a))
+    huge = list(range(1 << 20))
+    got = await match_prefix(backend, "alice", NS, huge, None, 1000)
+    assert got.matched == 0 and got.reason == "not_stored"
+    assert len(hashed) <= 4
+    tokens = list(range(4 * 40))  # 40 stored chunks: found across several growing batches
+    await _push(servicer, tokens)
+    hashed.clear()
+    got = await match_prefix(backend, "alice", NS, [*tokens, *range(1000, 1400)], None, 1000)
+    assert got.matched == len(tokens) and [c.end for c in got.chunks] == list(range(4, 161, 4))
+    assert len(hashed) < 40 + 40  # the stored ones, then at most one batch past the first missing
+
+
 async def test_quota_error_passes_through(servicer: KVStoreServicer, backend: FakeBackend) -> None:
     servicer._cfg = StoreConfig(tenants=(TenantConfig("alice", hash_token("t"), 15),))
     await _push(servicer, [1, 2, 3, 4])

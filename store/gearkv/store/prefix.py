@@ -67,14 +67,28 @@ def chain_start(chunks: Sequence[pb.ChunkRef], matched: int, size: int) -> int:
     return known
 
 
-def chain_keys(ns: Namespace, tokens: Sequence[int], parent: str, first: int) -> list[str]:
-    """Keys of the full chunks of ``tokens`` from chunk index ``first`` on, chained from ``parent``."""
+def chain_keys(
+    ns: Namespace, tokens: Sequence[int], parent: str, first: int, count: int | None = None
+) -> list[str]:
+    """Keys of the full chunks of ``tokens`` from chunk index ``first`` on (at most ``count`` of them),
+    chained from ``parent`` (the key of chunk ``first - 1``)."""
     size = ns.chunk_size
+    stop = len(tokens) - size + 1
+    if count is not None:
+        stop = min(stop, (first + count - 1) * size + 1)
     keys: list[str] = []
-    for start in range(first * size, len(tokens) - size + 1, size):
+    for start in range(first * size, stop, size):
         parent = chunk_key(ns, parent, start, tokens[start : start + size])
         keys.append(parent)
     return keys
+
+
+# A chain walk hashes and checks chunks in batches that grow from a few chunks to this many tokens:
+# a prompt of which nothing is stored costs a few hashes, not a hash of every token (a million-token
+# lookup used to hold the event loop for seconds before its first EXISTS), and every batch yields to
+# other requests while Redis answers.
+_FIRST_BATCH_CHUNKS = 4
+_MAX_BATCH_TOKENS = 1 << 15
 
 
 def _ref(c: pb.ChunkRef) -> pb.ChunkRef:
@@ -100,17 +114,27 @@ async def match_manifest(
 async def walk_chain(
     backend: Backend, tenant: str, ns: Namespace, tokens: list[int], base: PrefixMatch, ttl_ms: int
 ) -> PrefixMatch:
-    """Extend ``base`` along the content-addressed chain; EXISTS-checks only chunks past its full ones."""
+    """Extend ``base`` along the content-addressed chain; checks only chunks past its full ones, in
+    growing batches, and stops at the first missing chunk."""
     size = ns.chunk_size
     known = chain_start(base.chunks, base.matched, size)
-    keys = chain_keys(ns, tokens, base.chunks[known - 1].key if known else "", known)
-    if not keys:
+    parent = base.chunks[known - 1].key if known else ""
+    walked: list[str] = []
+    batch = _FIRST_BATCH_CHUNKS
+    while True:
+        keys = chain_keys(ns, tokens, parent, known + len(walked), batch)
+        if not keys:
+            break
+        found = await backend.touch_chunks_nonatomic(tenant, keys, ttl_ms, stop_at_missing=True)
+        present = found.index(False) if False in found else len(found)
+        walked += keys[:present]
+        if present < len(keys):
+            break
+        parent = keys[-1]
+        batch = min(batch * 2, max(1, _MAX_BATCH_TOKENS // size))
+    if (known + len(walked)) * size <= base.matched:
         return base
-    found = await backend.touch_chunks_nonatomic(tenant, keys, ttl_ms, stop_at_missing=True)
-    walked = found.index(False) if False in found else len(found)
-    if (known + walked) * size <= base.matched:
-        return base
-    sizes = await backend.chunk_sizes(tenant, keys[:walked])
+    sizes = await backend.chunk_sizes(tenant, walked)
     extended = base.chunks[:known] + [
         pb.ChunkRef(
             key=k,
@@ -119,9 +143,9 @@ async def walk_chain(
             stored_bytes=(sz or (0, 0))[0],
             raw_bytes=(sz or (0, 0))[1],
         )
-        for i, (k, sz) in enumerate(zip(keys[:walked], sizes, strict=True))
+        for i, (k, sz) in enumerate(zip(walked, sizes, strict=True))
     ]
-    return PrefixMatch(extended, (known + walked) * size, "")
+    return PrefixMatch(extended, (known + len(walked)) * size, "")
 
 
 async def match_prefix(
