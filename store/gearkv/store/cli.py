@@ -1,6 +1,7 @@
 """`gearkv store`: flags and GEARKV_* environment variables -> StoreConfig -> serve().
 
-Every flag has an environment variable (the flag wins); ``--help`` lists both and the defaults.
+Every flag has an environment variable (the flag wins); both, the help and the default are declared once,
+on StoreConfig's fields (:mod:`gearkv.api.options`); ``--help`` is generated from them.
 """
 
 from __future__ import annotations
@@ -10,101 +11,21 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import fields
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gearkv.api.units import format_size, parse_size
+from gearkv.api.options import add_dataclass_options, build
 from gearkv.store.auth import parse_tenants
 from gearkv.store.config import StoreConfig
 
-_DEFAULTS = {f.name: f.default for f in fields(StoreConfig)}
 log = logging.getLogger("gearkv.store")
-
-
-def size(text: str) -> int:
-    """A byte count: ``4096``, ``64KB``, ``512MiB``, ``1GiB`` (units are powers of 1024)."""
-    return parse_size(text)
-
-
-# (flag, env var, StoreConfig field, type, help)
-_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any], str], ...] = (
-    (
-        "--redis-url",
-        "GEARKV_REDIS_URL",
-        "redis_url",
-        str,
-        "redis://[user:pass@]host:port/db, rediss:// for TLS, redis+cluster://host:port for Redis Cluster",
-    ),
-    ("--host", "GEARKV_HOST", "host", str, "interface to bind the gRPC port on"),
-    ("--port", "GEARKV_PORT", "port", int, "gRPC port (0 = any free port)"),
-    ("--chunk-ttl", "GEARKV_CHUNK_TTL_S", "default_chunk_ttl_s", int, "default chunk TTL, seconds"),
-    ("--max-chunk-ttl", "GEARKV_MAX_CHUNK_TTL_S", "max_chunk_ttl_s", int, "cap on a requested chunk TTL"),
-    ("--session-ttl", "GEARKV_SESSION_TTL_S", "default_session_ttl_s", int, "default session TTL, seconds"),
-    ("--max-session-ttl", "GEARKV_MAX_SESSION_TTL_S", "max_session_ttl_s", int, "cap on a session TTL"),
-    ("--max-chunk-bytes", "GEARKV_MAX_CHUNK_BYTES", "max_chunk_bytes", size, "largest accepted chunk"),
-    (
-        "--max-message-bytes",
-        "GEARKV_MAX_MESSAGE_BYTES",
-        "max_message_bytes",
-        size,
-        "gRPC message size cap (send and receive)",
-    ),
-    (
-        "--download-part-bytes",
-        "GEARKV_DOWNLOAD_PART_BYTES",
-        "download_part_bytes",
-        size,
-        "size of the parts GetChunk streams (16 KiB - 1 MiB)",
-    ),
-    (
-        "--max-in-flight",
-        "GEARKV_MAX_IN_FLIGHT",
-        "max_in_flight",
-        int,
-        "requests handled at once; more get RESOURCE_EXHAUSTED",
-    ),
-    ("--redis-timeout", "GEARKV_REDIS_TIMEOUT_S", "redis_timeout_s", float, "Redis socket timeout, seconds"),
-    (
-        "--redis-retry-budget",
-        "GEARKV_REDIS_RETRY_BUDGET_S",
-        "redis_retry_budget_s",
-        float,
-        "time one operation may spend retrying Redis errors before UNAVAILABLE",
-    ),
-    (
-        "--redis-max-connections",
-        "GEARKV_REDIS_MAX_CONNECTIONS",
-        "redis_max_connections",
-        int,
-        "Redis connection pool size (per node in a cluster)",
-    ),
-    (
-        "--redis-tls-ca",
-        "GEARKV_REDIS_TLS_CA",
-        "redis_tls_ca",
-        str,
-        "CA bundle to verify Redis's TLS certificate",
-    ),
-    ("--grace", "GEARKV_GRACE_S", "grace_s", float, "graceful shutdown period on SIGTERM, seconds"),
-    ("--metrics-port", "GEARKV_METRICS_PORT", "metrics_port", int, "serve Prometheus /metrics on this port"),
-    ("--tls-cert", "GEARKV_TLS_CERT", "tls_cert", str, "PEM certificate chain for TLS on the gRPC port"),
-    ("--tls-key", "GEARKV_TLS_KEY", "tls_key", str, "PEM private key for --tls-cert"),
-    (
-        "--tls-client-ca",
-        "GEARKV_TLS_CLIENT_CA",
-        "tls_client_ca",
-        str,
-        "PEM CA bundle: require client certificates signed by it (mutual TLS)",
-    ),
-    ("--log-level", "GEARKV_LOG_LEVEL", "log_level", str, "DEBUG, INFO, WARNING or ERROR"),
-)
 _TRUE = {"1", "true", "yes", "on"}
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
 def build_parser(prog: str, env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The flags; GEARKV_* variables are read by :func:`config_from_args` (``env`` is kept for callers)."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Serve the GearKV KV store over gRPC, backed by Redis or Redis Cluster.",
@@ -117,26 +38,7 @@ def build_parser(prog: str, env: Mapping[str, str]) -> argparse.ArgumentParser:
             "when bound to a loopback host."
         ),
     )
-    for flag, var, name, kind, help_ in _OPTIONS:
-        default = _DEFAULTS[name]
-        metavar = None
-        if kind is size and isinstance(default, int):
-            default, metavar = format_size(default), "SIZE"
-            help_ += " (bytes, or a size: 64KB, 512MiB, 1GiB)"
-        parser.add_argument(
-            flag,
-            dest=name,
-            type=kind,
-            default=None,
-            metavar=metavar,
-            help=f"{help_} [env {var}; default {'not set' if default is None else default}]",
-        )
-    parser.add_argument(
-        "--cluster",
-        action="store_true",
-        default=None,
-        help="treat --redis-url as a Redis Cluster seed [env GEARKV_REDIS_CLUSTER; default off]",
-    )
+    add_dataclass_options(parser, StoreConfig)
     parser.add_argument(
         "--tokens-file",
         default=None,
@@ -152,19 +54,10 @@ def build_parser(prog: str, env: Mapping[str, str]) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> StoreConfig:
-    """Merge flags over GEARKV_* variables over defaults. Raises ValueError naming the bad setting."""
-    values: dict[str, Any] = {}
-    for _flag, var, name, kind, _help in _OPTIONS:
-        value = getattr(args, name)
-        if value is None and env.get(var):
-            try:
-                value = kind(env[var])
-            except ValueError as exc:
-                detail = str(exc) if kind is size else f"a {getattr(kind, '__name__', 'value')}"
-                raise ValueError(f"{var} must be {detail}") from None
-        if value is not None:
-            values[name] = value
-    cluster = args.cluster or env.get("GEARKV_REDIS_CLUSTER", "").lower() in _TRUE
+    """Merge flags over GEARKV_* variables over defaults; tenants from --tokens-file or GEARKV_TOKENS.
+
+    Raises ValueError naming the bad setting (main turns it into exit status 2).
+    """
     no_auth = _no_auth(args, env)
     tokens_file = args.tokens_file or env.get("GEARKV_TOKENS_FILE")
     tenants: tuple[Any, ...] = ()
@@ -176,16 +69,15 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> StoreC
         tenants = parse_tenants(text)
     elif env.get("GEARKV_TOKENS"):
         tenants = parse_tenants(env["GEARKV_TOKENS"])
-    auth = not no_auth
-    if auth and not tenants:
-        host = values.get("host", _DEFAULTS["host"])
-        if host not in _LOOPBACK:
-            raise ValueError(
-                f"no tenant tokens configured and --host {host} is not loopback: give --tokens-file or "
-                "GEARKV_TOKENS (or --no-auth to serve without authentication on purpose)"
-            )
-        auth = False  # loopback only: the local demo works with no setup (main says so in its log)
-    return StoreConfig(cluster=cluster, auth=auth, tenants=tenants, **values)
+    if no_auth or tenants:
+        return build(StoreConfig, args, env, auth=not no_auth, tenants=tenants)
+    cfg = build(StoreConfig, args, env, auth=False, tenants=())
+    if cfg.host not in _LOOPBACK:
+        raise ValueError(
+            f"no tenant tokens configured and --host {cfg.host} is not loopback: give --tokens-file or "
+            "GEARKV_TOKENS (or --no-auth to serve without authentication on purpose)"
+        )
+    return cfg  # loopback only: the local demo works with no setup (main says so in its log)
 
 
 def _no_auth(args: argparse.Namespace, env: Mapping[str, str]) -> bool:

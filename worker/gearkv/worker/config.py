@@ -1,10 +1,15 @@
-"""WorkerConfig: everything ``gearkv worker`` needs, frozen and validated; only the CLI reads env/flags."""
+"""WorkerConfig: everything ``gearkv worker`` needs, frozen and validated; only the CLI reads env/flags.
+
+Each field the CLI sets declares its flag, variable and help next to its one default
+(:func:`gearkv.api.options.option`); ``gearkv worker --help`` is generated from them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from gearkv.api.limits import MAX_CHUNK_SIZE, MAX_LEASE_MS
+from gearkv.api.options import option, size
 
 __all__ = ["SessionOptions", "WorkerConfig"]
 
@@ -13,23 +18,67 @@ __all__ = ["SessionOptions", "WorkerConfig"]
 class SessionOptions:
     """How the worker stores and reuses KV (frozen; built by the entrypoints from flags/env)."""
 
-    codec: str = "gear4"
-    chunk_size: int = 256
-    hot_cache_bytes: int = 1 << 30
+    codec: str = option(
+        "gear4",
+        flag="--codec",
+        env="GEARKV_CODEC",
+        help="codec preset: fp16 raw kivi2 kivi4 gear2 gear3 gear4",
+    )
+    chunk_size: int = option(
+        256, flag="--chunk-size", env="GEARKV_CHUNK_SIZE", help="tokens per stored chunk"
+    )
+    hot_cache_bytes: int = option(
+        1 << 30,
+        flag="--hot-cache-bytes",
+        env="GEARKV_HOT_CACHE_BYTES",
+        help="local LRU of sessions' exact KV (0 disables it)",
+        parse=size,
+    )
     # Pull a stored prefix only if it covers at least this many tokens (tiny ones recompute faster).
-    min_reuse_tokens: int = 1
-    max_turns_in_flight: int = 4
-    chunk_ttl_s: int = 0
-    session_ttl_s: int = 0
+    min_reuse_tokens: int = option(
+        1,
+        flag="--min-reuse-tokens",
+        env="GEARKV_MIN_REUSE_TOKENS",
+        help="pull a stored prefix only if it covers at least this many tokens",
+    )
+    max_turns_in_flight: int = option(
+        4, flag="--max-turns", env="GEARKV_MAX_TURNS", help="turns generated at once"
+    )
+    chunk_ttl_s: int = option(
+        0, flag="--chunk-ttl", env="GEARKV_CHUNK_TTL_S", help="chunk TTL, seconds (0: the store's own TTL)"
+    )
+    session_ttl_s: int = option(
+        0,
+        flag="--session-ttl",
+        env="GEARKV_SESSION_TTL_S",
+        help="session TTL, seconds (0: the store's own TTL)",
+    )
     # Push and commit in a background thread (False: before the turn's last message; for tests).
     background_push: bool = True
     # How long a turn waits for the store to begin it (and for the prefix lookup) before it goes on
     # from what this worker holds, or recomputes; retries included.
-    store_read_budget_s: float = 0.5
+    store_read_budget_s: float = option(
+        0.5,
+        flag="--store-read-budget",
+        env="GEARKV_STORE_READ_BUDGET_S",
+        help="seconds a turn waits for the store to begin it (retries included) before it goes on from "
+        "this worker's copy of the session or recomputes",
+    )
     # The session's turn lease: renewed every third of it while the turn runs.
-    lease_ms: int = 30_000
+    lease_ms: int = option(
+        30_000,
+        flag="--lease-ms",
+        env="GEARKV_LEASE_MS",
+        help="a session's turn lease in the store, ms (renewed while the turn runs): no other worker runs "
+        "a turn of the session meanwhile",
+    )
     # A push that failed because the store was away is retried in the background this long.
-    recommit_window_s: float = 300.0
+    recommit_window_s: float = option(
+        300.0,
+        flag="--recommit-window",
+        env="GEARKV_RECOMMIT_WINDOW_S",
+        help="seconds a turn whose push failed (store away) is retried in the background",
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
@@ -57,20 +106,43 @@ class WorkerConfig:
     ``store`` None runs without a store (hot cache only; every new worker recomputes).
     """
 
-    store: str | None = None
-    token: str | None = None
-    model: str | None = None
-    gguf_file: str | None = None
-    device: str | None = None
-    dtype: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 50061
-    metrics_port: int | None = None
-    threads: int | None = None
-    store_timeout_s: float = 10.0
-    grace_s: float = 5.0
+    store: str | None = option(
+        None, flag="--store", env="GEARKV_STORE", help="store address host:port (unset: hot cache only)"
+    )
+    token: str | None = option(
+        None, flag="--token", env="GEARKV_TOKEN", help="bearer token of the tenant in the store"
+    )
+    model: str | None = option(
+        None, flag="--model", env="GEARKV_MODEL", help="model folder or hub name (unset: bundled SmolLM2)"
+    )
+    gguf_file: str | None = option(
+        None, flag="--gguf-file", env="GEARKV_GGUF_FILE", help="GGUF file inside --model"
+    )
+    device: str | None = option(
+        None, flag="--device", env="GEARKV_DEVICE", help="cpu, cuda, cuda:1 (unset: cuda if available)"
+    )
+    dtype: str | None = option(
+        None,
+        flag="--dtype",
+        env="GEARKV_DTYPE",
+        help="float32, float16, bfloat16 (unset: fp32 on CPU, fp16 on GPU)",
+    )
+    host: str = option("127.0.0.1", flag="--host", env="GEARKV_WORKER_HOST", help="interface to bind")
+    port: int = option(50061, flag="--port", env="GEARKV_WORKER_PORT", help="gRPC port (0 = any free port)")
+    metrics_port: int | None = option(
+        None, flag="--metrics-port", env="GEARKV_WORKER_METRICS_PORT", help="serve Prometheus /metrics here"
+    )
+    threads: int | None = option(None, flag="--threads", env="GEARKV_THREADS", help="torch intra-op threads")
+    store_timeout_s: float = option(
+        10.0, flag="--store-timeout", env="GEARKV_STORE_TIMEOUT_S", help="deadline of store calls, seconds"
+    )
+    grace_s: float = option(
+        5.0, flag="--grace", env="GEARKV_GRACE_S", help="graceful shutdown period, seconds"
+    )
     session: SessionOptions = field(default_factory=SessionOptions)
-    log_level: str = "INFO"
+    log_level: str = option(
+        "INFO", flag="--log-level", env="GEARKV_LOG_LEVEL", help="DEBUG, INFO, WARNING, ERROR"
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
