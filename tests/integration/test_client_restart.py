@@ -36,7 +36,7 @@ async def test_calls_retry_through_a_store_restart(
     kv = make_client(kind, proc.address, proc.tokens["alice"], retry=PATIENT, timeout=5.0)
     try:
         blob = os.urandom(3 * 1024 * 1024 + 5)
-        put = await kv.put_chunk(NS, "", 0, [1, 2, 3], blob, raw_bytes=1)
+        put = await kv.put_chunk(NS, "", [1, 2, 3], blob, start=0, raw_bytes=1)
 
         proc.kill()  # SIGKILL: in-flight and new calls see UNAVAILABLE until it is back
         restarter = threading.Timer(0.3, proc.start)
@@ -71,7 +71,7 @@ async def test_without_retries_a_dead_store_fails_fast(
     kv = make_client(kind, proc.address, proc.tokens["alice"], retry=RetryPolicy.none(), timeout=5.0)
     try:
         key = keys.chunk_key(NS, "", 0, [1])
-        await kv.put_chunk(NS, "", 0, [1], b"abc", raw_bytes=1)
+        await kv.put_chunk(NS, "", [1], b"abc", start=0, raw_bytes=1)
         proc.kill()
         with pytest.raises(e.KVStoreUnavailable):
             await kv.get_chunk(key)

@@ -81,7 +81,7 @@ async def put_session(
     for span in keys.chain(NS, token_ids):
         blob = os.urandom(size)
         put: PutChunkResult = await kv.put_chunk(
-            NS, span.parent_key, span.start, token_ids[span.start : span.end], blob, raw_bytes=4 * size
+            NS, span.parent_key, token_ids[span.start : span.end], blob, start=span.start, raw_bytes=4 * size
         )
         assert put.key == span.key
         refs.append(ChunkRef(put.key, span.start, span.end, put.stored_bytes, 4 * size))
@@ -92,10 +92,10 @@ async def put_session(
 @pytest.mark.parametrize("size", [1, MIB - 1, MIB, MIB + 1, 5 * MIB + 3])
 async def test_chunk_round_trip_is_bit_exact(kv: Both, size: int) -> None:
     blob = os.urandom(size)
-    put = await kv.put_chunk(NS, "", 0, [1, 2, 3], blob, raw_bytes=size * 4)
+    put = await kv.put_chunk(NS, "", [1, 2, 3], blob, start=0, raw_bytes=size * 4)
     assert put.key == keys.chunk_key(NS, "", 0, [1, 2, 3]) and not put.deduplicated
     assert await kv.get_chunk(put.key) == blob
-    again = await kv.put_chunk(NS, "", 0, [1, 2, 3], memoryview(blob), raw_bytes=size * 4)
+    again = await kv.put_chunk(NS, "", [1, 2, 3], memoryview(blob), start=0, raw_bytes=size * 4)
     assert again.deduplicated and again.key == put.key
 
 
@@ -105,7 +105,7 @@ async def test_get_chunks_pipelined_in_order(kv: Both) -> None:
     for span in keys.chain(NS, tokens):
         blobs.append(os.urandom(MIB + span.start))  # distinct sizes: order mistakes cannot hide
         await kv.put_chunk(
-            NS, span.parent_key, span.start, tokens[span.start : span.end], blobs[-1], raw_bytes=1
+            NS, span.parent_key, tokens[span.start : span.end], blobs[-1], start=span.start, raw_bytes=1
         )
     assert await kv.get_chunks([s.key for s in keys.chain(NS, tokens)]) == blobs
     assert await kv.get_chunks([]) == []
@@ -120,7 +120,7 @@ async def test_get_chunks_abandoned_early_leaves_the_client_usable(kind: str, st
         blobs = [os.urandom(MIB) for _ in range(5)]
         for span, blob in zip(keys.chain(NS, tokens), blobs, strict=True):
             await kv.put_chunk(
-                NS, span.parent_key, span.start, tokens[span.start : span.end], blob, raw_bytes=1
+                NS, span.parent_key, tokens[span.start : span.end], blob, start=span.start, raw_bytes=1
             )
         all_keys = [s.key for s in keys.chain(NS, tokens)]
         if isinstance(client, KVStoreClient):
@@ -137,7 +137,7 @@ async def test_get_chunks_abandoned_early_leaves_the_client_usable(kind: str, st
 
 
 async def test_get_chunks_stops_at_first_missing(kv: Both) -> None:
-    put = await kv.put_chunk(NS, "", 0, [7], b"present", raw_bytes=1)
+    put = await kv.put_chunk(NS, "", [7], b"present", start=0, raw_bytes=1)
     missing = "f" * 64
     with pytest.raises(e.ChunkNotFound):
         await kv.get_chunks([put.key, missing, put.key])
@@ -153,7 +153,9 @@ async def test_prefix_lookup_and_dedup_across_sessions(kv: Both) -> None:
     b = [*system_prompt, 9, 9]
     dedup = []
     for span in keys.chain(NS, b):
-        put = await kv.put_chunk(NS, span.parent_key, span.start, b[span.start : span.end], b"x", raw_bytes=1)
+        put = await kv.put_chunk(
+            NS, span.parent_key, b[span.start : span.end], b"x", start=span.start, raw_bytes=1
+        )
         dedup.append(put.deduplicated)
     assert dedup == [True, True, True, False]
 
@@ -282,7 +284,7 @@ async def test_tenants_are_isolated(kind: str, kv: Both, store: StoreHandle) -> 
 
 
 async def test_corrupt_value_in_redis_is_chunk_corrupt(kv: Both, redis_server: Any) -> None:
-    put = await kv.put_chunk(NS, "", 0, [3, 1, 4], os.urandom(3000), raw_bytes=1)
+    put = await kv.put_chunk(NS, "", [3, 1, 4], os.urandom(3000), start=0, raw_bytes=1)
     with redis_server.client() as r:
         [redis_key] = list(r.scan_iter(match=f"*{put.key}*"))
         value = bytearray(r.get(redis_key))
@@ -296,9 +298,9 @@ async def test_quota_exceeded_is_not_retried(kind: str, redis_server: Any, store
     handle = store_factory(redis_server.url, tenants={"alice": 3000})
     kv = make_client(kind, handle.address, handle.tokens["alice"])
     try:
-        await kv.put_chunk(NS, "", 0, [1], bytes(1000), raw_bytes=1)
+        await kv.put_chunk(NS, "", [1], bytes(1000), start=0, raw_bytes=1)
         with pytest.raises(e.QuotaExceeded):
-            await kv.put_chunk(NS, "", 0, [2], bytes(5000), raw_bytes=1)
+            await kv.put_chunk(NS, "", [2], bytes(5000), start=0, raw_bytes=1)
     finally:
         await kv.close()
 
@@ -307,7 +309,7 @@ async def test_deadline_is_enforced(kind: str, store: StoreHandle) -> None:
     kv = make_client(kind, store.address, store.tokens["alice"], retry=RetryPolicy.none())
     try:
         with pytest.raises(e.KVStoreTimeout):
-            await kv.put_chunk(NS, "", 0, [1], bytes(8 * MIB), raw_bytes=1, timeout=0.001)
+            await kv.put_chunk(NS, "", [1], bytes(8 * MIB), start=0, raw_bytes=1, timeout=0.001)
         # A per-call override does not change the client's default.
         assert (await kv.stats()).tenant == "alice"
     finally:
@@ -329,8 +331,8 @@ async def test_unreachable_store_is_unavailable_after_retries(kind: str) -> None
 async def test_downloads_switch_between_one_message_and_streaming(kv: Both) -> None:
     """GetSmallChunk first; a chunk over 1 MiB makes the client stream, a small one switches back."""
     small, big = os.urandom(1000), os.urandom(3 * MIB + 5)
-    k_small = (await kv.put_chunk(NS, "", 0, [7], small, raw_bytes=1)).key
-    k_big = (await kv.put_chunk(NS, "", 0, [8], big, raw_bytes=1)).key
+    k_small = (await kv.put_chunk(NS, "", [7], small, start=0, raw_bytes=1)).key
+    k_big = (await kv.put_chunk(NS, "", [8], big, start=0, raw_bytes=1)).key
     client = kv.client
     assert client._use_small_get()
     assert await kv.get_chunks([k_small, k_big, k_small, k_big]) == [small, big, small, big]

@@ -135,7 +135,7 @@ def test_timeout_bounds_the_whole_call_with_retries(call: str) -> None:
     ns = Namespace("m:1", "raw/v1", 4)
     calls = {
         "stats": lambda c: c.stats(),
-        "put_chunk": lambda c: c.put_chunk(ns, "", 0, [1, 2, 3, 4], b"x" * 64, raw_bytes=64),
+        "put_chunk": lambda c: c.put_chunk(ns, "", [1, 2, 3, 4], b"x" * 64, start=0, raw_bytes=64),
         "get_chunk": lambda c: c.get_chunk("a" * 64),
     }
     with KVStoreClient(f"127.0.0.1:{free_port()}", timeout=0.6, retry=RetryPolicy(attempts=50)) as client:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import warnings
 from array import array
+from typing import Any
 
 import gearkv.client
 import pytest
@@ -112,7 +113,7 @@ def test_closed_sync_client_raises_client_closed() -> None:
         client.ping,
         lambda: client.get_chunk("a" * 64),
         lambda: list(client.get_chunks(["a" * 64])),
-        lambda: client.put_chunk(NS, "", 0, [1], b"x", raw_bytes=1),
+        lambda: client.put_chunk(NS, "", [1], b"x", start=0, raw_bytes=1),
         lambda: list(client.list_sessions()),
         lambda: client.delete_session("s"),
     ):
@@ -131,7 +132,7 @@ async def test_closed_async_client_raises_client_closed() -> None:
         client.stats,
         client.ping,
         lambda: client.get_chunk("a" * 64),
-        lambda: client.put_chunk(NS, "", 0, [1], b"x", raw_bytes=1),
+        lambda: client.put_chunk(NS, "", [1], b"x", start=0, raw_bytes=1),
         lambda: client.delete_session("s"),
     ):
         with pytest.raises(ClientClosed, match="closed"):
@@ -141,25 +142,117 @@ async def test_closed_async_client_raises_client_closed() -> None:
     assert client._channel is None  # a call on a closed client never opens a new channel
 
 
-def test_put_chunk_sizes_are_keywords() -> None:
-    assert Offline._put_sizes((), 10, 5) == (10, 5)
-    with pytest.raises(TypeError, match="raw_bytes"):
-        Offline._put_sizes((), None, 0)
-    with pytest.warns(DeprecationWarning, match="raw_bytes="):
-        assert Offline._put_sizes((10,), None, 7) == (10, 7)  # the worker's current call
-    with pytest.warns(DeprecationWarning):
-        assert Offline._put_sizes((10, 3), None, 0) == (10, 3)
-    for legacy, raw, ttl in (((1, 2, 3), None, 0), ((1,), 2, 0), ((1, 2), None, 3)):
-        with pytest.raises(TypeError), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            Offline._put_sizes(legacy, raw, ttl)
+IDS = [1, 2, 3, 4]
 
 
-def test_put_chunk_positional_sizes_warn_at_the_callers_line() -> None:
+def test_put_chunk_integers_are_keywords() -> None:
+    args = Offline._put_args
+    assert args((IDS, b"x"), 4, None, None, 10, 5) == (4, IDS, b"x", 10, 5)
+    assert args((), 0, IDS, b"x", 10, None) == (0, IDS, b"x", 10, 0)  # all keywords; ttl_s defaults to 0
+    assert args((IDS,), 0, None, b"x", 10, None) == (0, IDS, b"x", 10, 0)
+    with pytest.raises(TypeError, match="'start'"):
+        args((IDS, b"x"), None, None, None, 10, None)
+    with pytest.raises(TypeError, match="'raw_bytes'"):
+        args((IDS, b"x"), 0, None, None, None, None)
+    with pytest.raises(TypeError, match="'data'"):
+        args((IDS,), 0, None, None, 1, None)
+    with pytest.raises(TypeError, match="start=, raw_bytes= and ttl_s= are keywords"):
+        args((IDS, b"x", 10), 0, None, None, None, None)  # sizes after data, start given
+    with pytest.raises(TypeError, match="multiple values for argument 'token_ids'"):
+        args((IDS, b"x"), 0, IDS, None, 1, None)
+
+
+@pytest.mark.parametrize(
+    ("positional", "keywords", "expected"),
+    [
+        ((0, IDS, b"x"), {"raw_bytes": 10}, (0, IDS, b"x", 10, 0)),
+        ((4, IDS, b"x", 10), {"ttl_s": 7}, (4, IDS, b"x", 10, 7)),
+        ((4, IDS, b"x", 10, 3), {}, (4, IDS, b"x", 10, 3)),
+        ((8,), {"token_ids": IDS, "data": b"x", "raw_bytes": 1}, (8, IDS, b"x", 1, 0)),
+    ],
+)
+def test_put_chunk_with_start_third_is_deprecated_but_works(
+    positional: tuple[Any, ...], keywords: dict[str, Any], expected: tuple[Any, ...]
+) -> None:
+    kw = {"start": None, "token_ids": None, "data": None, "raw_bytes": None, "ttl_s": None, **keywords}
+    with pytest.warns(DeprecationWarning, match=r"put_chunk\(ns, parent_key, token_ids, data, start="):
+        assert Offline._put_args(positional, **kw) == expected
+
+
+@pytest.mark.parametrize(
+    ("positional", "keywords", "message"),
+    [
+        ((0, IDS, b"x", 1, 2, 3), {}, "at most 7 positional"),
+        ((0, IDS, b"x", 1), {"raw_bytes": 2}, "multiple values for argument 'raw_bytes'"),
+        ((0, IDS, b"x", 1, 2), {"ttl_s": 3}, "multiple values for argument 'ttl_s'"),
+        ((0, IDS, b"x"), {"start": 0, "raw_bytes": 1}, "multiple values for argument 'start'"),
+        ((0, IDS, b"x"), {}, "'raw_bytes'"),
+    ],
+)
+def test_put_chunk_old_form_rejects_what_it_always_did(
+    positional: tuple[Any, ...], keywords: dict[str, Any], message: str
+) -> None:
+    kw = {"start": None, "token_ids": None, "data": None, "raw_bytes": None, "ttl_s": None, **keywords}
+    with pytest.raises(TypeError, match=message), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        Offline._put_args(positional, **kw)
+
+
+class _Built(Exception):
+    """Raised by a patched _put_chunk_header: what a put_chunk call would upload."""
+
+
+def _record_header(monkeypatch: pytest.MonkeyPatch, cls: type[KVStoreClientBase]) -> None:
+    def header(*args: Any) -> Any:
+        raise _Built(args)
+
+    monkeypatch.setattr(cls, "_put_chunk_header", staticmethod(header))
+
+
+def test_put_chunk_forms_reach_the_same_upload(monkeypatch: pytest.MonkeyPatch) -> None:
+    _record_header(monkeypatch, KVStoreClient)
+    client = KVStoreClient("127.0.0.1:1")
+    want = (NS, "p", 4, IDS, b"x", 10, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the keyword form does not warn
+        with pytest.raises(_Built) as info:
+            client.put_chunk(NS, "p", IDS, b"x", start=4, raw_bytes=10, ttl_s=3)
+        assert info.value.args[0] == want
+        with pytest.raises(_Built) as info:
+            client.put_chunk(NS, "p", token_ids=IDS, data=b"x", start=4, raw_bytes=10, ttl_s=3)
+        assert info.value.args[0] == want
+    for call in (
+        lambda: client.put_chunk(NS, "p", 4, IDS, b"x", 10, 3),  # deprecated
+        lambda: client.put_chunk(NS, "p", 4, IDS, b"x", raw_bytes=10, ttl_s=3),  # deprecated
+    ):
+        with pytest.warns(DeprecationWarning) as record, pytest.raises(_Built) as info:
+            call()
+        assert info.value.args[0] == want
+        assert record[0].filename == __file__  # points at the caller's line
+    client.close()
+
+
+async def test_async_put_chunk_forms_reach_the_same_upload(monkeypatch: pytest.MonkeyPatch) -> None:
+    _record_header(monkeypatch, AsyncKVStoreClient)
+    client = AsyncKVStoreClient("127.0.0.1:1")
+    want = (NS, "p", 4, IDS, b"x", 10, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(_Built) as info:
+            await client.put_chunk(NS, "p", IDS, b"x", start=4, raw_bytes=10)
+    assert info.value.args[0] == want
+    with pytest.warns(DeprecationWarning) as record, pytest.raises(_Built) as info:
+        await client.put_chunk(NS, "p", 4, IDS, b"x", 10)  # deprecated
+    assert info.value.args[0] == want
+    assert record[0].filename == __file__
+    await client.close()
+
+
+def test_put_chunk_old_form_warns_at_the_callers_line_on_a_closed_client() -> None:
     client = KVStoreClient("127.0.0.1:1")
     client.close()
     with pytest.warns(DeprecationWarning) as record, pytest.raises(ClientClosed):
-        client.put_chunk(NS, "", 0, [1], b"x", 1)  # type: ignore[misc]
+        client.put_chunk(NS, "", 0, [1], b"x", 1)
     assert record[0].filename == __file__
 
 

@@ -237,7 +237,7 @@ async def measure_throughput(
         await raw.set(k, payload)
 
     async def store_put(t: list[int]) -> None:
-        await store.put_chunk(ns, "", 0, t, payload, raw_bytes=4 * size)
+        await store.put_chunk(ns, "", t, payload, start=0, raw_bytes=4 * size)
 
     async def raw_get(k: str) -> None:
         check_pull(await raw.get(k))

@@ -6,7 +6,7 @@ Example::
 
     ns = Namespace(fingerprint="smollm2-135m:3f9a", codec_id="gear4/v1", chunk_size=256)
     with KVStoreClient("127.0.0.1:50051", token="t0k3n") as client:  # or KVStoreClient.from_env()
-        put = client.put_chunk(ns, "", 0, token_ids[:256], blob, raw_bytes=raw)
+        put = client.put_chunk(ns, "", token_ids[:256], blob, start=0, raw_bytes=raw)
         match = client.lookup_prefix(ns, token_ids)
 
 Errors live in :mod:`gearkv.client.errors`; chunk addresses in :mod:`gearkv.client.keys` (the API

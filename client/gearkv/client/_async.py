@@ -6,7 +6,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, overload
 
 import grpc
 from gearkv.api import wire
@@ -16,6 +16,7 @@ from gearkv.client._base import (
     BytesLike,
     KVStoreClientBase,
     check_key,
+    deprecated,
     map_rpc_errors,
     put_chunk_messages,
 )
@@ -103,22 +104,57 @@ class AsyncKVStoreClient(KVStoreClientBase):
 
     # ---- chunks ---------------------------------------------------------------------------------
 
+    @overload
+    async def put_chunk(
+        self,
+        ns: Namespace,
+        parent_key: str,
+        token_ids: Sequence[int],
+        data: BytesLike,
+        *,
+        start: int,
+        raw_bytes: int,
+        ttl_s: int = 0,
+        timeout: float | None = None,
+    ) -> PutChunkResult: ...
+
+    @overload
+    @deprecated(  # a literal: type checkers read it
+        "put_chunk(ns, parent_key, start, token_ids, data, ...) is deprecated: "
+        "call put_chunk(ns, parent_key, token_ids, data, start=..., raw_bytes=..., ttl_s=...)"
+    )
     async def put_chunk(
         self,
         ns: Namespace,
         parent_key: str,
         start: int,
+        /,
         token_ids: Sequence[int],
         data: BytesLike,
-        *legacy: int,
+        raw_bytes: int = ...,
+        ttl_s: int = ...,
+        *,
+        timeout: float | None = None,
+    ) -> PutChunkResult: ...
+
+    async def put_chunk(
+        self,
+        ns: Namespace,
+        parent_key: str,
+        *args: Any,
+        start: int | None = None,
+        token_ids: Sequence[int] | None = None,
+        data: BytesLike | None = None,
         raw_bytes: int | None = None,
-        ttl_s: int = 0,
+        ttl_s: int | None = None,
         timeout: float | None = None,
     ) -> PutChunkResult:
         """Upload one chunk (one message up to 1 MiB, else streamed in parts); idempotent, so retried.
 
-        ``raw_bytes`` and ``ttl_s`` are keywords (see KVStoreClient.put_chunk)."""
-        raw_bytes, ttl_s = self._put_sizes(legacy, raw_bytes, ttl_s)
+        ``start``, ``raw_bytes`` and ``ttl_s`` are keywords (see KVStoreClient.put_chunk)."""
+        start, token_ids, data, raw_bytes, ttl_s = self._put_args(
+            args, start, token_ids, data, raw_bytes, ttl_s
+        )
         header, view = self._put_chunk_header(ns, parent_key, start, token_ids, data, raw_bytes, ttl_s)
         deadline = self._deadline(timeout)
 

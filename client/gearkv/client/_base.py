@@ -8,13 +8,14 @@ translation of ``grpc.RpcError`` into the SDK's exception tree (:func:`map_rpc_e
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import grpc
 from gearkv.api import limits
@@ -68,6 +69,19 @@ ENV_TOKEN = "GEARKV_TOKEN"
 ENV_TIMEOUT = "GEARKV_STORE_TIMEOUT_S"
 
 BytesLike = bytes | bytearray | memoryview
+
+if TYPE_CHECKING:
+    from typing_extensions import deprecated as deprecated
+else:
+
+    def deprecated(_message: str) -> Any:  # marks an overload for type checkers only (PEP 702)
+        return lambda fn: fn
+
+
+PUT_CHUNK_POSITIONAL_START = (
+    "put_chunk(ns, parent_key, start, token_ids, data, ...) is deprecated: "
+    "call put_chunk(ns, parent_key, token_ids, data, start=..., raw_bytes=..., ttl_s=...)"
+)
 
 # --------------------------------------------------------------------------------------------------
 # Error translation: the only place grpc.RpcError becomes a GearKV exception.
@@ -349,23 +363,55 @@ class KVStoreClientBase:
     # ---- requests ------------------------------------------------------------------------------
 
     @staticmethod
-    def _put_sizes(legacy: tuple[int, ...], raw_bytes: int | None, ttl_s: int) -> tuple[int, int]:
-        """``raw_bytes`` and ``ttl_s`` of a put_chunk call, from the keywords or (deprecated, kept
-        for one release) the old positional form ``put_chunk(ns, parent, start, ids, data, raw, ttl)``."""
+    def _put_args(
+        args: tuple[Any, ...],
+        start: int | None,
+        token_ids: Sequence[int] | None,
+        data: BytesLike | None,
+        raw_bytes: int | None,
+        ttl_s: int | None,
+    ) -> tuple[int, Sequence[int], BytesLike, int, int]:
+        """``start, token_ids, data, raw_bytes, ttl_s`` of a put_chunk call (positional ``args`` after
+        ``parent_key``, then the keywords; ``None`` = not given).
+
+        The form is ``put_chunk(ns, parent_key, token_ids, data, *, start, raw_bytes, ttl_s=0)``. An
+        integer third argument is the old form ``put_chunk(ns, parent, start, ids, data, raw, ttl)``
+        (``raw``/``ttl`` positional or keywords), deprecated and kept for one release.
+        """
+        values: dict[str, Any] = {
+            "start": start,
+            "token_ids": token_ids,
+            "data": data,
+            "raw_bytes": raw_bytes,
+            "ttl_s": ttl_s,
+        }
+        legacy = bool(args) and isinstance(args[0], numbers.Integral)
+        positional = ("start", "token_ids", "data", "raw_bytes", "ttl_s") if legacy else ("token_ids", "data")
+        if len(args) > len(positional):
+            raise TypeError(
+                f"put_chunk() takes at most {len(positional) + 2} positional arguments after self "
+                f"({len(args) + 2} given): start=, raw_bytes= and ttl_s= are keywords"
+            )
+        for name, value in zip(positional, args, strict=False):
+            if values[name] is not None:
+                raise TypeError(f"put_chunk() got multiple values for argument '{name}'")
+            values[name] = value
         if legacy:
-            if len(legacy) > 2 or raw_bytes is not None or (len(legacy) == 2 and ttl_s):
-                raise TypeError("put_chunk() takes raw_bytes= and ttl_s= as keywords")
             warnings.warn(
-                "put_chunk(..., data, raw_bytes, ttl_s) with positional sizes is deprecated and will be "
-                "removed in the next release: pass raw_bytes= (and ttl_s=) as keywords",
+                f"{PUT_CHUNK_POSITIONAL_START} (the old form goes in the next release)",
                 DeprecationWarning,
                 stacklevel=3,
             )
-            raw_bytes = legacy[0]
-            ttl_s = legacy[1] if len(legacy) == 2 else ttl_s
-        if raw_bytes is None:
-            raise TypeError("put_chunk() missing required keyword argument: 'raw_bytes'")
-        return raw_bytes, ttl_s
+        for name in ("start", "token_ids", "data", "raw_bytes"):
+            if values[name] is None:
+                raise TypeError(f"put_chunk() missing required argument: '{name}'")
+        return (
+            values["start"],
+            values["token_ids"],
+            values["data"],
+            values["raw_bytes"],
+            0 if values["ttl_s"] is None else values["ttl_s"],
+        )
 
     @staticmethod
     def _health_request() -> Any:

@@ -6,7 +6,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, overload
 
 import grpc
 from gearkv.api import wire
@@ -16,6 +16,7 @@ from gearkv.client._base import (
     BytesLike,
     KVStoreClientBase,
     check_key,
+    deprecated,
     map_rpc_errors,
     put_chunk_messages,
 )
@@ -56,7 +57,7 @@ class KVStoreClient(KVStoreClientBase):
     Example::
 
         with KVStoreClient("127.0.0.1:50051", token="t0k3n") as client:
-            put = client.put_chunk(ns, "", 0, token_ids[:256], blob, raw_bytes=raw)
+            put = client.put_chunk(ns, "", token_ids[:256], blob, start=0, raw_bytes=raw)
             assert client.get_chunk(put.key) == blob
 
     ``KVStoreClient.from_env()`` reads the target, token and timeout from ``GEARKV_STORE``,
@@ -120,26 +121,62 @@ class KVStoreClient(KVStoreClientBase):
 
     # ---- chunks ---------------------------------------------------------------------------------
 
+    @overload
+    def put_chunk(
+        self,
+        ns: Namespace,
+        parent_key: str,
+        token_ids: Sequence[int],
+        data: BytesLike,
+        *,
+        start: int,
+        raw_bytes: int,
+        ttl_s: int = 0,
+        timeout: float | None = None,
+    ) -> PutChunkResult: ...
+
+    @overload
+    @deprecated(  # a literal: type checkers read it
+        "put_chunk(ns, parent_key, start, token_ids, data, ...) is deprecated: "
+        "call put_chunk(ns, parent_key, token_ids, data, start=..., raw_bytes=..., ttl_s=...)"
+    )
     def put_chunk(
         self,
         ns: Namespace,
         parent_key: str,
         start: int,
+        /,
         token_ids: Sequence[int],
         data: BytesLike,
-        *legacy: int,
+        raw_bytes: int = ...,
+        ttl_s: int = ...,
+        *,
+        timeout: float | None = None,
+    ) -> PutChunkResult: ...
+
+    def put_chunk(
+        self,
+        ns: Namespace,
+        parent_key: str,
+        *args: Any,
+        start: int | None = None,
+        token_ids: Sequence[int] | None = None,
+        data: BytesLike | None = None,
         raw_bytes: int | None = None,
-        ttl_s: int = 0,
+        ttl_s: int | None = None,
         timeout: float | None = None,
     ) -> PutChunkResult:
         """Upload one chunk (one message up to 1 MiB, else streamed in parts); idempotent, so retried.
 
         The key is ``keys.chunk_key(ns, parent_key, start, token_ids)``; the result carries it.
+        ``start`` (required): the chunk's first token position, a multiple of ``ns.chunk_size``;
         ``raw_bytes`` (required): the same KV's uncompressed 16-bit size; ``ttl_s``: 0 = the store's
-        default. Both are keywords (positional sizes still work for one release, with a
-        DeprecationWarning).
+        default. All three are keywords. The old form ``put_chunk(ns, parent_key, start, token_ids,
+        data, raw_bytes, ttl_s)`` still works for one release, with a DeprecationWarning.
         """
-        raw_bytes, ttl_s = self._put_sizes(legacy, raw_bytes, ttl_s)
+        start, token_ids, data, raw_bytes, ttl_s = self._put_args(
+            args, start, token_ids, data, raw_bytes, ttl_s
+        )
         header, view = self._put_chunk_header(ns, parent_key, start, token_ids, data, raw_bytes, ttl_s)
         deadline = self._deadline(timeout)
 
