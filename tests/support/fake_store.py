@@ -4,6 +4,7 @@ It keeps the store's contract where the worker's logic depends on it: content-ad
 compare-and-set commits, one live turn lease per session (another holder is refused), the abandoned
 mark of a lease that expired uncommitted, and lookups that stop at the first missing chunk. Faults are
 switched on by the test: ``down`` (every call fails as unreachable), ``missing``/``corrupt`` keys.
+``calls`` counts each method's calls; ``puts`` logs each upload as ``(key, start, len(token_ids))``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class FakeStore:
         self.sessions: dict[str, Manifest] = {}
         self.leases: dict[str, _Lease] = {}
         self.calls: Counter[str] = Counter()
+        self.puts: list[tuple[str, int, int]] = []  # every put_chunk in call order (duplicates too)
         self.down = False
         self.corrupt: set[str] = set()
 
@@ -125,6 +127,7 @@ class FakeStore:
     ) -> PutChunkResult:
         self._call("put_chunk")
         key = keys.chunk_key(ns, parent_key, start, token_ids)
+        self.puts.append((key, start, len(token_ids)))
         dedup = key in self.chunks
         self.chunks[key] = bytes(data)
         self.corrupt.discard(key)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 import transformers
-from gearkv.client import ChunkRef, Namespace, PutChunkResult, errors
+from gearkv.client import ChunkRef, Namespace, errors
 from gearkv.client.keys import chain
 from gearkv.codec import Codec
 from gearkv.worker import hf_cache
@@ -20,6 +20,7 @@ from gearkv.worker.hot_cache import HotCache, HotEntry
 from gearkv.worker.metrics import WorkerMetrics, bounded_reason
 from gearkv.worker.model import LoadedModel
 from gearkv.worker.transfer import KVGeometry, pull_prefix, push_turn
+from support.fake_store import FakeStore
 
 NS = Namespace("tiny:0123", "raw.v1", 4)
 GEOM = KVGeometry(layers=2, kv_heads=2, head_dim=8, device=torch.device("cpu"), dtype=torch.float32)
@@ -206,50 +207,14 @@ def test_pull_stops_at_a_gap_in_the_chunk_list() -> None:
 # -- push: only new chunks, then the commit ------------------------------------------------------
 
 
-class _FakeClient:
-    """Records puts and commits like the SDK would make them (no network)."""
-
-    def __init__(self) -> None:
-        self.puts: list[tuple[str, int, int]] = []
-        self.commits: list[tuple[Any, int]] = []
-
-    def put_chunk(
-        self,
-        ns: Namespace,
-        parent: str,
-        start: int,
-        token_ids: Sequence[int],
-        data: bytes,
-        raw_bytes: int,
-        ttl_s: int = 0,
-    ) -> PutChunkResult:
-        from gearkv.client.keys import chunk_key
-
-        key = chunk_key(ns, parent, start, token_ids)
-        self.puts.append((key, start, len(token_ids)))
-        return PutChunkResult(key, False, len(data))
-
-    def commit_turn(
-        self,
-        manifest: Any,
-        expected_version: int,
-        commit_id: str | None = None,
-        ttl_s: int = 0,
-        *,
-        holder: str = "",
-        lease_id: str = "",
-    ) -> int:
-        self.commits.append((manifest, expected_version))
-        return expected_version + 1
-
-
 def test_push_sends_only_new_chunks_and_commits_the_whole_session() -> None:
     kv, ids = kv_of(10), list(range(10))
-    client = _FakeClient()
+    client = FakeStore()
     codec = Codec.from_preset("raw")
     first = push_turn(client, codec, NS, kv, ids, (), session_id="s", expected_version=0, turns=1)
     assert [p[1:] for p in client.puts] == [(0, 4), (4, 4), (8, 2)]
     assert first.committed and first.version == 1 and first.bytes_raw == hf_cache.kv_nbytes(kv, 2)
+    assert [p[0] for p in client.puts] == [c.key for c in first.chunks] == list(client.chunks)
     client.puts.clear()
     grown = [(torch.cat([k, k[:, :, :3]], 2), torch.cat([v, v[:, :, :3]], 2)) for k, v in kv]
     push_turn(
@@ -264,10 +229,12 @@ def test_push_sends_only_new_chunks_and_commits_the_whole_session() -> None:
         turns=2,
     )
     assert [p[1:] for p in client.puts] == [(8, 4), (12, 1)]  # the tail became a full chunk
-    manifest, version = client.commits[-1]
-    assert version == 1 and [c.start for c in manifest.chunks] == [0, 4, 8, 12] and manifest.turns == 2
+    manifest = client.sessions["s"]  # committed at expected version 1: now version 2
+    assert (
+        manifest.version == 2 and [c.start for c in manifest.chunks] == [0, 4, 8, 12] and manifest.turns == 2
+    )
     anonymous = push_turn(client, codec, NS, kv, ids, (), session_id=None)
-    assert not anonymous.committed and len(client.commits) == 2
+    assert not anonymous.committed and client.calls["commit_turn"] == 2
     with pytest.raises(ValueError, match="positions"):
         push_turn(client, codec, NS, kv, ids[:5], (), session_id=None)
 
