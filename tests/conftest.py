@@ -99,7 +99,7 @@ def store_factory() -> Iterator[Callable[..., StoreHandle]]:
     def make(
         redis_url: str,
         *,
-        tenants: Mapping[str, int] = DEFAULT_TENANTS,
+        tenants: Mapping[str, Any] = DEFAULT_TENANTS,
         tokens: Mapping[str, str] | None = None,
         **overrides: Any,
     ) -> StoreHandle:

@@ -11,7 +11,7 @@ import pytest
 import redis
 from gearkv.api.keys import Namespace, chain
 from gearkv.api.v1 import kvstore_pb2 as pb
-from gearkv.store.redis_keys import chunk_redis_key, manifest_redis_key, session_meta_redis_key
+from gearkv.store.redis_keys import chunk_redis_key, lease_redis_key, session_redis_key
 from support.kv import code_of, commit, get_chunk, manifest, ns_proto, payload_for, put_chunk, stub_for
 from support.redis_procs import RedisCluster, wait_until
 from support.store import StoreHandle
@@ -23,7 +23,7 @@ NS = Namespace("fp-cluster", "gear4/v1", 8)
 def test_round_trip_on_cluster(
     store_factory: Callable[..., StoreHandle], redis_cluster: RedisCluster
 ) -> None:
-    handle = store_factory(redis_cluster.url)
+    handle = store_factory(redis_cluster.url, tenants={"alice": 0})  # one tenant: shown the backend
     md = handle.metadata()
     channel, stub = stub_for(handle.address)
     tokens = list(range(200))
@@ -51,9 +51,7 @@ def test_round_trip_on_cluster(
     try:
         owners = {cli.get_node_from_key(chunk_redis_key("alice", s.key)).port for s in spans}
         assert len(owners) == 3
-        slots = {
-            cli.keyslot(k) for k in (manifest_redis_key("alice", "x"), session_meta_redis_key("alice", "x"))
-        }
+        slots = {cli.keyslot(k) for k in (session_redis_key("alice", "x"), lease_redis_key("alice", "x"))}
         assert len(slots) == 1
     finally:
         cli.close()
@@ -96,7 +94,7 @@ def test_master_killed_during_pushes_loses_no_acknowledged_turn(
         for t in threads:
             t.start()
         wait_until(lambda: sum(v for v, _ in acked.values()) >= 8, 20, "writes before the kill")
-        victim = cluster.master_for_key(manifest_redis_key("alice", "w0"))
+        victim = cluster.master_for_key(session_redis_key("alice", "w0"))
         killed_at = time.monotonic()
         victim.stop(kill=True)
         before = sum(v for v, _ in acked.values())

@@ -19,7 +19,7 @@ from gearkv.api.records import SessionSummary
 from gearkv.api.v1 import kvstore_pb2 as pb
 from gearkv.store.backend import ManifestMark
 from gearkv.store.errors import Aborted
-from gearkv.store.redis_keys import session_meta_redis_key
+from gearkv.store.redis_keys import session_redis_key
 from support.kv import commit, manifest, ns_proto, payload_for, push_session, put_requests, stub_for
 from support.redis_procs import RedisServer
 from support.store import StoreHandle
@@ -137,7 +137,7 @@ def test_a_commit_keeps_created_ms_and_relies_only_on_the_current_mark(
         assert commit(stub, md, manifest("marks", NS, tokens, spans), 0, "c1") == 1
         get = pb.GetSessionRequest(session_id="marks")
         created = stub.GetSession(get, metadata=md).manifest.created_ms
-        cli.hdel(session_meta_redis_key("alice", "marks"), "mk")  # a session committed before marks
+        cli.hdel(session_redis_key("alice", "marks"), "mk")  # a session committed before marks
         longer = [*tokens, 20, 21, 22, 23]
         spans2 = push_session(stub, md, NS, longer)
         assert commit(stub, md, manifest("marks", NS, longer, spans2, turns=2), 1, "c2") == 2

@@ -12,7 +12,7 @@ from gearkv.api.keys import Namespace, chain
 from gearkv.api.v1 import kvstore_pb2 as pb
 from gearkv.api.v1 import kvstore_pb2_grpc as pb_grpc
 from gearkv.store.local import health_serving
-from gearkv.store.redis_keys import chunk_redis_key, manifest_redis_key
+from gearkv.store.redis_keys import chunk_redis_key, session_redis_key, tenant_redis_key
 from support.kv import (
     code_of,
     commit,
@@ -60,7 +60,7 @@ def test_ttl_expiry_and_refresh_on_use(
     with redis_server.client() as cli:
         assert cli.pttl(chunk_redis_key("alice", used.key)) > 3_600_000
         assert cli.pttl(chunk_redis_key("alice", spans[0].key)) > 3_600_000
-        wait_until(lambda: not cli.exists(manifest_redis_key("alice", "short")), 5, "session expiry")
+        wait_until(lambda: not cli.exists(session_redis_key("alice", "short")), 5, "session expiry")
         wait_until(lambda: not cli.exists(chunk_redis_key("alice", orphan.key)), 5, "chunk expiry")
     assert code_of(stub.GetSession, pb.GetSessionRequest(session_id="short"), metadata=md) == NOT_FOUND
     assert code_of(get_chunk, stub, md, orphan.key) == NOT_FOUND
@@ -123,6 +123,47 @@ def test_allkeys_lru_eviction_never_serves_a_wrong_chunk(
         assert served > 0 and misses > 0  # eviction happened and survivors were served bit-exact
 
 
+def test_allkeys_lru_eviction_never_breaks_a_sessions_version(
+    store_factory: Callable[..., StoreHandle], redis_factory: Callable[..., RedisServer]
+) -> None:
+    """Eviction takes a session whole or not at all: a session read at version v commits at v, and
+    one reported missing is never at a version (with the version in its own key, 29 of 400 sessions
+    lost it while the manifest stayed: ABORTED forever at v, and version 1 handed out twice at 0)."""
+    redis = redis_factory(["--maxmemory", "2mb", "--maxmemory-policy", "allkeys-lru"])
+    handle = store_factory(redis.url)
+    md = handle.metadata()
+    channel, stub = stub_for(handle.address)
+    with channel:
+        tokens = list(range(6))
+        spans = push_session(stub, md, NS, tokens, size=10)
+        for i in range(400):
+            m = manifest(f"v{i}", NS, tokens, spans)
+            m.messages.append(pb.ChatMessage(role="assistant", content="x" * 6000))
+            code_of(commit, stub, md, m, 0, "c0")  # some are refused: their chunks were evicted
+        with redis.client() as cli:
+            cli.config_set("maxmemory", 0)  # no more eviction while the survivors are checked
+        spans = push_session(stub, md, NS, tokens, size=10)
+        present = missing = 0
+        for i in range(400):
+            sid = f"v{i}"
+            try:
+                version = stub.GetSession(pb.GetSessionRequest(session_id=sid), metadata=md).manifest.version
+            except grpc.RpcError as err:
+                assert err.code() == NOT_FOUND
+                missing += 1
+                assert code_of(commit, stub, md, manifest(sid, NS, tokens, spans), 1, "c1") == (
+                    grpc.StatusCode.ABORTED
+                )
+                assert commit(stub, md, manifest(sid, NS, tokens, spans), 0, "c1") == 1
+                continue
+            present += 1
+            assert commit(stub, md, manifest(sid, NS, tokens, spans), version, "c1") == version + 1
+            assert code_of(commit, stub, md, manifest(sid, NS, tokens, spans), 0, "c2") == (
+                grpc.StatusCode.ABORTED
+            )
+        assert present > 0 and missing > 0  # eviction happened, and some sessions survived it
+
+
 def test_noeviction_rejects_writes_loudly_reads_still_work(
     store_factory: Callable[..., StoreHandle], redis_factory: Callable[..., RedisServer]
 ) -> None:
@@ -172,6 +213,97 @@ def test_quota_rejects_writes_and_frees_on_expiry(
         assert stub.GetStats(pb.GetStatsRequest(), metadata=alice).stored_bytes == 3000
 
 
+def test_bookkeeping_expires_with_the_data(
+    store_factory: Callable[..., StoreHandle], redis_server: RedisServer
+) -> None:
+    """With 1 s TTLs, 2,000 accounting entries and 200 session-index entries used to stay forever
+    unless GetStats or ListSessions ran (and GetStats then counted 200 live sessions)."""
+    handle = store_factory(
+        redis_server.url,
+        tenants={"alice": 10 << 20},
+        sweep_interval_s=0.5,
+        default_chunk_ttl_s=1,
+        default_session_ttl_s=1,
+    )
+    md = handle.metadata()
+    channel, stub = stub_for(handle.address)
+    with channel:
+        for i in range(40):
+            tokens = [i * 100 + t for t in range(16)]
+            spans = push_session(stub, md, NS, tokens, size=100)
+            commit(stub, md, manifest(f"short{i}", NS, tokens, spans), 0, "c")
+        with redis_server.client() as cli:
+            keys = [tenant_redis_key("alice", w) for w in ("ledger", "sizes", "sessions")]
+            assert [cli.exists(k) for k in keys] == [1, 1, 1]
+
+            def swept() -> bool:
+                return not any(cli.exists(k) for k in keys)
+
+            wait_until(swept, 15, "the sweeper releasing expired bookkeeping", interval=0.2)
+            usage = cli.hgetall(tenant_redis_key("alice", "usage"))
+            assert {k: int(v) for k, v in usage.items() if int(v)} == {}
+        stats = stub.GetStats(pb.GetStatsRequest(), metadata=md)
+        assert (stats.sessions, stats.chunks, stats.stored_bytes, stats.manifest_bytes) == (0, 0, 0, 0)
+
+
+def test_manifests_count_toward_the_quota(
+    store_factory: Callable[..., StoreHandle], redis_server: RedisServer
+) -> None:
+    """A tenant with a 100 kB quota grew Redis by 92 MB through manifests (4 MiB of messages, 60
+    attributes of 64 KiB) while its usage read 100 bytes: manifest bytes now count, and are bounded."""
+    handle = store_factory(redis_server.url, tenants={"alice": 100_000, "bob": 0})
+    alice = handle.metadata("alice")
+    channel, stub = stub_for(handle.address)
+    with channel:
+        tokens = list(range(8))
+        spans = push_session(stub, alice, NS, tokens, size=100)
+        base = stub.GetStats(pb.GetStatsRequest(), metadata=alice)
+        assert (base.stored_bytes, base.manifest_bytes) == (100, 0)
+        big = manifest("big", NS, tokens, spans)
+        big.messages.append(pb.ChatMessage(role="user", content="x" * 4 * 1024 * 1024))
+        assert code_of(commit, stub, alice, big, 0, "c") == grpc.StatusCode.INVALID_ARGUMENT  # bounded
+        many = manifest("many", NS, tokens, spans)
+        for i in range(60):
+            many.attributes[f"a{i}"] = "y" * 65536
+        assert code_of(commit, stub, alice, many, 0, "c") == grpc.StatusCode.INVALID_ARGUMENT
+        fits = manifest("s0", NS, tokens, spans)
+        fits.messages.append(pb.ChatMessage(role="user", content="z" * 40_000))
+        assert commit(stub, alice, fits, 0, "c") == 1
+        assert commit(stub, alice, fits, 1, "c2") == 2  # a new version replaces its charge, not adds
+        used = stub.GetStats(pb.GetStatsRequest(), metadata=alice)
+        assert 40_000 < used.manifest_bytes < 41_000 and used.stored_bytes == 100
+        fits.session_id = "s1"
+        assert commit(stub, alice, fits, 0, "c") == 1
+        fits.session_id = "s2"
+        with pytest.raises(grpc.RpcError) as err:
+            commit(stub, alice, fits, 0, "c")
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "manifest" in err.value.details()
+        assert code_of(stub.GetSession, pb.GetSessionRequest(session_id="s2"), metadata=alice) == NOT_FOUND
+        push_session(stub, handle.metadata("bob"), NS, tokens, size=100)
+        assert commit(stub, handle.metadata("bob"), fits, 0, "c") == 1  # bob has no quota
+        stub.DeleteSession(pb.DeleteSessionRequest(session_id="s0"), metadata=alice)
+        after = stub.GetStats(pb.GetStatsRequest(), metadata=alice)
+        assert after.manifest_bytes == used.manifest_bytes  # s1 alone now
+        assert commit(stub, alice, fits, 0, "c") == 1  # room again
+        with redis_server.client() as cli:
+            assert cli.info("memory")["used_memory"] < 20 * 1024 * 1024
+
+
+def test_a_commit_id_reused_for_other_content_is_refused(
+    store: StoreHandle, stub: pb_grpc.KVStoreStub
+) -> None:
+    md = store.metadata()
+    tokens = list(range(8))
+    spans = push_session(stub, md, NS, tokens)
+    first = manifest("reuse", NS, tokens, spans)
+    assert commit(stub, md, first, 0, "once") == 1
+    assert commit(stub, md, first, 0, "once") == 1  # a retry replays
+    other = manifest("reuse", NS, tokens, spans, turns=2)
+    with pytest.raises(grpc.RpcError) as err:
+        commit(stub, md, other, 0, "once")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "once" in err.value.details()
+
+
 @pytest.mark.parametrize(
     "damage", ["flip-payload", "flip-header", "truncate", "swap", "other-tenant", "garbage"]
 )
@@ -216,14 +348,36 @@ def test_corrupted_manifest_is_data_loss(
     spans = push_session(stub, md, NS, [1, 2, 3])
     commit(stub, md, manifest("m", NS, [1, 2, 3], spans), 0, "c")
     with redis_server.client() as cli:
-        key = manifest_redis_key("alice", "m")
-        value = bytearray(cli.get(key))
+        key = session_redis_key("alice", "m")
+        value = bytearray(cli.hget(key, "m"))
         value[-3] ^= 0xFF
-        cli.set(key, bytes(value))
+        cli.hset(key, "m", bytes(value))
     assert (
         code_of(stub.GetSession, pb.GetSessionRequest(session_id="m"), metadata=md)
         == grpc.StatusCode.DATA_LOSS
     )
+
+
+@pytest.mark.parametrize(("field", "value"), [("v", "garbage"), ("ttl", "soon"), ("mk", "\xff")])
+def test_tampered_session_metadata_is_data_loss_not_unavailable(
+    store: StoreHandle, stub: pb_grpc.KVStoreStub, redis_server: RedisServer, field: str, value: str
+) -> None:
+    """Damaged bookkeeping is DATA_LOSS (clients do not retry it), never UNAVAILABLE."""
+    md = store.metadata()
+    spans = push_session(stub, md, NS, [1, 2, 3])
+    commit(stub, md, manifest("t", NS, [1, 2, 3], spans), 0, "c")
+    with redis_server.client() as cli:
+        cli.hset(session_redis_key("alice", "t"), field, value)
+    codes = {
+        code_of(stub.GetSession, pb.GetSessionRequest(session_id="t"), metadata=md),
+        code_of(
+            stub.BeginTurn, pb.BeginTurnRequest(session_id="t", holder="w", lease_id="l1"), metadata=md
+        ),
+        code_of(commit, stub, md, manifest("t", NS, [1, 2, 3], spans), 1, "c2"),
+    }
+    assert grpc.StatusCode.UNAVAILABLE not in codes and grpc.StatusCode.UNKNOWN not in codes
+    if field != "mk":  # a mark that does not decode only costs the next commit a full verification
+        assert grpc.StatusCode.DATA_LOSS in codes, codes
 
 
 def test_redis_down_is_unavailable_and_recovers(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -219,3 +220,27 @@ def test_redis_acl_user_and_tls_to_redis(
         assert stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=5).chunks == 1
     with redis.client() as cli:
         assert cli.exists(f"gkv:c:alice:{spans[0].key}")
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (("missing.pem", "server.key"), "cannot read --tls-cert"),
+        (("server.pem", "client.key"), "are not a PEM certificate and its private key"),
+        (("ca.key", "server.key"), "are not a PEM certificate and its private key"),
+    ],
+)
+def test_bad_tls_files_are_named_without_a_traceback(
+    pki: Path, redis_server: RedisServer, files: tuple[str, str], expected: str
+) -> None:
+    cert, key = (str(pki / f) for f in files)
+    args = ["store", "--no-auth", "--port", "0", "--redis-url", redis_server.url, "--tls-cert", cert]
+    proc = subprocess.run(
+        [sys.executable, "-m", "gearkv.cli", *args, "--tls-key", key],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert expected in proc.stderr and "Traceback" not in proc.stderr
+    assert "cannot bind" not in proc.stderr

@@ -15,7 +15,7 @@ from gearkv.store.backend import (
     TenantUsage,
     TurnStart,
 )
-from gearkv.store.errors import Aborted, ResourceExhausted
+from gearkv.store.errors import Aborted, FailedPrecondition, ResourceExhausted
 
 
 @dataclass
@@ -36,10 +36,13 @@ class FakeBackend:
         self.chunks: dict[tuple[str, str], bytes] = {}
         self.sizes: dict[tuple[str, str], tuple[int, int]] = {}
         self.sessions: dict[tuple[str, str], tuple[bytes, SessionSummary]] = {}
-        self.commits: dict[tuple[str, str], dict[str, int]] = {}  # the last commit ids, their versions
+        self.commits: dict[
+            tuple[str, str], dict[str, tuple[int, str]]
+        ] = {}  # last commit ids: version, digest
         self.marks: dict[tuple[str, str], ManifestMark] = {}
         self.touched: list[str] = []
         self.leases: dict[tuple[str, str], _Lease] = {}
+        self.manifest_bytes: dict[tuple[str, str], int] = {}
 
     def expire(self, tenant: str, key: str) -> None:
         self.chunks.pop((tenant, key), None)
@@ -57,12 +60,15 @@ class FakeBackend:
     ) -> bool:
         if (tenant, key) in self.chunks:
             return True
-        used = sum(s for (t, _), (s, _) in self.sizes.items() if t == tenant)
-        if quota and used + stored > quota:
+        if quota and self._used(tenant) + stored > quota:
             raise ResourceExhausted(f"tenant byte quota of {quota} bytes exceeded")
         self.chunks[(tenant, key)] = bytes(value)
         self.sizes[(tenant, key)] = (stored, raw)
         return False
+
+    def _used(self, tenant: str) -> int:
+        chunks = sum(s for (t, _), (s, _) in self.sizes.items() if t == tenant)
+        return chunks + sum(n for (t, _), n in self.manifest_bytes.items() if t == tenant)
 
     async def get_chunk(self, tenant: str, key: str, ttl_ms: int) -> bytes | None:
         return self.chunks.get((tenant, key))
@@ -108,10 +114,19 @@ class FakeBackend:
         base: ManifestMark | None = None,
         holder: str = "",
         lease_id: str = "",
+        quota: int = 0,
+        digest: str = "",
     ) -> CommitOutcome:
+        before = self.manifest_bytes.get((tenant, session_id), 0)
+        if quota and len(manifest) > before and self._used(tenant) + len(manifest) - before > quota:
+            raise ResourceExhausted(f"tenant byte quota of {quota} bytes exceeded by a manifest")
+        self.manifest_bytes[(tenant, session_id)] = len(manifest)
         seen = self.commits.setdefault((tenant, session_id), {})
         if commit_id in seen:
-            return CommitOutcome(seen[commit_id], applied=False)
+            version, was = seen[commit_id]
+            if was != digest:
+                raise FailedPrecondition(f"commit_id {commit_id!r} already committed other content")
+            return CommitOutcome(version, applied=False)
         lease = self.leases.get((tenant, session_id))
         if holder and lease and lease.holder != holder and lease.until > time.monotonic():
             raise Aborted(f"the session has a turn running on another worker ({lease.holder!r})")
@@ -125,7 +140,7 @@ class FakeBackend:
         self.marks[(tenant, session_id)] = mark
         if lease and lease_id and lease.lease_id == lease_id:
             del self.leases[(tenant, session_id)]
-        seen[commit_id] = version + 1
+        seen[commit_id] = (version + 1, digest)
         while len(seen) > COMMIT_IDS_KEPT:
             del seen[next(iter(seen))]
         return CommitOutcome(version + 1, applied=True)
@@ -167,6 +182,7 @@ class FakeBackend:
             del self.leases[(tenant, session_id)]
 
     async def delete_session(self, tenant: str, session_id: str) -> bool:
+        self.manifest_bytes.pop((tenant, session_id), None)
         self.commits.pop((tenant, session_id), None)
         self.leases.pop((tenant, session_id), None)
         self.marks.pop((tenant, session_id), None)
@@ -180,7 +196,14 @@ class FakeBackend:
     async def usage(self, tenant: str) -> TenantUsage:
         mine = [v for (t, _), v in self.sizes.items() if t == tenant]
         sessions = sum(1 for t, _ in self.sessions if t == tenant)
-        return TenantUsage(sessions, len(mine), sum(r for _, r in mine), sum(s for s, _ in mine))
+        manifests = sum(n for (t, _), n in self.manifest_bytes.items() if t == tenant)
+        return TenantUsage(sessions, len(mine), sum(r for _, r in mine), sum(s for s, _ in mine), manifests)
+
+    async def sweep(self, tenant: str) -> None:
+        return None
+
+    async def used_bytes(self, tenant: str) -> int:
+        return self._used(tenant)
 
     async def used_memory(self) -> int:
         return sum(len(v) for v in self.chunks.values())

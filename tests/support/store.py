@@ -28,7 +28,7 @@ def _kill_leftovers() -> None:
         proc.cleanup()
 
 
-def make_tokens(tenants: Mapping[str, int]) -> dict[str, str]:
+def make_tokens(tenants: Mapping[str, Any]) -> dict[str, str]:
     """A fresh random bearer token per tenant name."""
     return {name: f"gkv-{name}-{secrets.token_urlsafe(18)}" for name in tenants}
 
@@ -74,11 +74,14 @@ class StoreHandle:
 def store_config(
     redis_url: str,
     *,
-    tenants: Mapping[str, int] = DEFAULT_TENANTS,
+    tenants: Mapping[str, Any] = DEFAULT_TENANTS,
     tokens: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> tuple[Any, dict[str, str]]:
-    """A ``StoreConfig`` for tests (port 0 on 127.0.0.1) and the plain tokens of its tenants."""
+    """A ``StoreConfig`` for tests (port 0 on 127.0.0.1) and the plain tokens of its tenants.
+
+    ``tenants`` maps a name to its quota in bytes, or to ``TenantConfig`` fields (``{"rate_per_s": 5}``).
+    """
     from gearkv.store.config import StoreConfig, TenantConfig
 
     plain = dict(tokens) if tokens is not None else make_tokens(tenants)
@@ -86,9 +89,9 @@ def store_config(
         TenantConfig(
             name=name,
             token_sha256=hashlib.sha256(plain[name].encode()).hexdigest(),
-            quota_bytes=quota,
+            **({"quota_bytes": spec} if isinstance(spec, int) else dict(spec)),
         )
-        for name, quota in tenants.items()
+        for name, spec in tenants.items()
     )
     settings: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "tenants": tenant_cfgs, **overrides}
     return StoreConfig(redis_url=redis_url, **settings), plain

@@ -171,7 +171,7 @@ def _store(argv: list[str], env: dict[str, str]) -> StoreConfig:
 
 
 def test_flag_over_variable_over_dataclass_default() -> None:
-    assert WorkerConfig().store_timeout_s == 10.0 and StoreConfig(auth=False).redis_timeout_s == 5.0
+    assert WorkerConfig().store_timeout_s == 10.0 and StoreConfig(auth=False).redis_timeout_s == 2.0
     var, flag = "GEARKV_STORE_TIMEOUT_S", "--store-timeout"
     assert worker_cli.config_from_args([], env={}).store_timeout_s == 10.0
     assert worker_cli.config_from_args([], env={var: "7"}).store_timeout_s == 7.0
@@ -182,7 +182,7 @@ def test_flag_over_variable_over_dataclass_default() -> None:
         == 2000
     )
     var, flag = "GEARKV_REDIS_TIMEOUT_S", "--redis-timeout"
-    assert _store([], {}).redis_timeout_s == 5.0
+    assert _store([], {}).redis_timeout_s == 2.0
     assert _store([], {var: "7"}).redis_timeout_s == 7.0
     assert _store([flag, "3"], {var: "7"}).redis_timeout_s == 3.0
     assert _store([], {"GEARKV_REDIS_CLUSTER": "yes"}).cluster

@@ -22,7 +22,7 @@ EXPECTED: dict[grpc.StatusCode, type[errors.KVStoreError]] = {
     grpc.StatusCode.UNIMPLEMENTED: errors.KVStoreInternalError,
     grpc.StatusCode.INTERNAL: errors.KVStoreInternalError,
     grpc.StatusCode.UNAVAILABLE: errors.KVStoreUnavailable,
-    grpc.StatusCode.DATA_LOSS: errors.ChunkCorrupt,
+    grpc.StatusCode.DATA_LOSS: errors.DataCorrupt,
     grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
 }
 
@@ -43,6 +43,18 @@ def test_status_maps_to_exception(code: grpc.StatusCode) -> None:
 def test_not_found_is_specialised_by_call(kind: type[errors.NotFound]) -> None:
     err = error_for_status(grpc.StatusCode.NOT_FOUND, "gone", kind)
     assert type(err) is kind and isinstance(err, errors.NotFound)
+
+
+@pytest.mark.parametrize(
+    ("kind", "corrupt"),
+    [(errors.ChunkNotFound, errors.ChunkCorrupt), (errors.SessionNotFound, errors.SessionCorrupt)],
+)
+def test_data_loss_is_specialised_by_call(
+    kind: type[errors.NotFound], corrupt: type[errors.DataCorrupt]
+) -> None:
+    """A damaged manifest is a SessionCorrupt, not a ChunkCorrupt (it was reported as a chunk)."""
+    err = error_for_status(grpc.StatusCode.DATA_LOSS, "damaged", kind)
+    assert type(err) is corrupt and isinstance(err, errors.DataCorrupt)
 
 
 def test_quota_is_not_load_shedding() -> None:

@@ -574,3 +574,41 @@ async def test_unreachable_redis_at_start_up_is_named(caplog: pytest.LogCaptureF
         await server.stop(0)
     assert "unreachable (fake at redis://user:***@10.9.8.7:6399/0)" in caplog.text
     assert "authentication OFF" in caplog.text and "s3cret" not in caplog.text
+
+
+async def test_health_is_not_serving_until_the_backend_first_answers() -> None:
+    """Both the server and KVStore read NOT_SERVING while the first ping hangs (they read SERVING and
+    NOT_FOUND for ~3 s after start-up with Redis down)."""
+    import asyncio
+
+    import grpc
+    from gearkv.store.local import free_port
+    from gearkv.store.server import SERVICE_NAME, start_store
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    answer = asyncio.Event()
+
+    class Slow(FakeBackend):
+        async def ping(self) -> None:
+            await answer.wait()
+
+    port = free_port()
+    cfg = StoreConfig(redis_url="redis://127.0.0.1:1/0", auth=False, tenants=(), port=port)
+    starting = asyncio.create_task(start_store(cfg, backend=Slow()))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        for _ in range(100):
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                break
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.05)  # not listening yet
+        assert reply.status == not_serving
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1)
+        assert reply.status == not_serving
+        answer.set()
+        _, server = await starting
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        await server.stop(0)

@@ -38,7 +38,9 @@ from gearkv.client._options import (
 from gearkv.client._retry import RetryPolicy
 from gearkv.client.errors import (
     ChunkCorrupt,
+    ChunkNotFound,
     ClientClosed,
+    DataCorrupt,
     InvalidArgument,
     KVStoreError,
     KVStoreInternalError,
@@ -49,6 +51,8 @@ from gearkv.client.errors import (
     PermissionDenied,
     PreconditionFailed,
     QuotaExceeded,
+    SessionCorrupt,
+    SessionNotFound,
     Unauthenticated,
     VersionConflict,
 )
@@ -101,8 +105,14 @@ _STATUS_ERRORS: dict[grpc.StatusCode, type[KVStoreError]] = {
     grpc.StatusCode.UNIMPLEMENTED: KVStoreInternalError,
     grpc.StatusCode.INTERNAL: KVStoreInternalError,
     grpc.StatusCode.UNAVAILABLE: KVStoreUnavailable,
-    grpc.StatusCode.DATA_LOSS: ChunkCorrupt,
+    grpc.StatusCode.DATA_LOSS: DataCorrupt,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+}
+
+
+_CORRUPT: dict[type[NotFound], type[DataCorrupt]] = {
+    ChunkNotFound: ChunkCorrupt,
+    SessionNotFound: SessionCorrupt,
 }
 
 
@@ -120,6 +130,8 @@ def error_for_status(
     cls = _STATUS_ERRORS.get(code, KVStoreInternalError)
     if cls is NotFound:
         cls = not_found
+    elif cls is DataCorrupt:  # damaged data of the kind the call looked up
+        cls = _CORRUPT.get(not_found, DataCorrupt)
     elif code is grpc.StatusCode.RESOURCE_EXHAUSTED and "quota" in details.lower():
         cls = QuotaExceeded
     return cls(details, code=code.name)

@@ -114,4 +114,5 @@ def stats_from_pb(msg: pb.GetStatsResponse) -> StoreStats:
         quota_bytes=msg.quota_bytes,
         backend_used_memory_bytes=msg.backend_used_memory_bytes,
         backend=msg.backend,
+        manifest_bytes=msg.manifest_bytes,
     )

@@ -150,6 +150,8 @@ class StoreStats:
     quota_bytes: int
     backend_used_memory_bytes: int
     backend: str
+    # Bytes of the tenant's session manifests; the quota counts stored_bytes + manifest_bytes.
+    manifest_bytes: int = 0
 
     @property
     def compression_ratio(self) -> float:

@@ -21,7 +21,9 @@ This module imports neither grpc nor redis.
         ├── NotFound                 NOT_FOUND
         │   ├── ChunkNotFound        a chunk was never written, expired or was evicted
         │   └── SessionNotFound      no manifest for that session id
-        ├── ChunkCorrupt             DATA_LOSS, or a chunk that fails the client's digest check
+        ├── DataCorrupt              DATA_LOSS: stored data failed its check (never served)
+        │   ├── ChunkCorrupt         a chunk, or one that fails the client's digest check
+        │   └── SessionCorrupt       a session's manifest or bookkeeping
         ├── VersionConflict          ABORTED (and ALREADY_EXISTS): someone else committed first
         │   └── TurnInProgress       ABORTED from begin_turn: another worker runs a turn of the session
         ├── PreconditionFailed       FAILED_PRECONDITION: the manifest names a missing chunk
@@ -45,6 +47,7 @@ __all__ = [
     "ChunkCorrupt",
     "ChunkNotFound",
     "ClientClosed",
+    "DataCorrupt",
     "GearKVError",
     "InvalidArgument",
     "KVStoreError",
@@ -56,6 +59,7 @@ __all__ = [
     "PermissionDenied",
     "PreconditionFailed",
     "QuotaExceeded",
+    "SessionCorrupt",
     "SessionNotFound",
     "TurnInProgress",
     "Unauthenticated",
@@ -113,8 +117,16 @@ class SessionNotFound(NotFound):
     """No manifest exists for the session id."""
 
 
-class ChunkCorrupt(KVStoreError):
-    """Stored or transferred bytes failed their checksum; never served, treat as a miss."""
+class DataCorrupt(KVStoreError):
+    """DATA_LOSS: stored or transferred bytes failed their check; never served, treat as a miss."""
+
+
+class ChunkCorrupt(DataCorrupt):
+    """A chunk failed its checksum (in the store or in transfer); never served, treat as a miss."""
+
+
+class SessionCorrupt(DataCorrupt):
+    """The session's stored manifest or bookkeeping is damaged; the session cannot be trusted."""
 
 
 class VersionConflict(KVStoreError):

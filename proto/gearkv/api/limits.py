@@ -24,12 +24,15 @@ __all__ = [
     "DEFAULT_PAGE_SIZE",
     "KEY_HEX_LEN",
     "MAX_ATTRIBUTES",
+    "MAX_ATTRIBUTES_BYTES",
     "MAX_ATTRIBUTE_KEY",
     "MAX_ATTRIBUTE_VALUE",
     "MAX_CHUNK_BYTES",
     "MAX_CHUNK_SIZE",
     "MAX_ID_LEN",
     "MAX_LEASE_MS",
+    "MAX_MESSAGES",
+    "MAX_MESSAGES_BYTES",
     "MAX_PAGE_SIZE",
     "MAX_RAW_BYTES",
     "MAX_ROLE",
@@ -69,7 +72,10 @@ MAX_ID_LEN = 64  # commit_id, lease holder, lease_id: printable ASCII without sp
 MAX_ATTRIBUTES = 64  # Manifest.attributes entries
 MAX_ATTRIBUTE_KEY = 128
 MAX_ATTRIBUTE_VALUE = 65536
+MAX_ATTRIBUTES_BYTES = 256 * 1024  # all of a manifest's attribute keys and values together
 MAX_ROLE = 64  # ChatMessage.role
+MAX_MESSAGES = 65536  # Manifest.messages entries
+MAX_MESSAGES_BYTES = 4 * 1024 * 1024  # all of a manifest's message roles and contents (UTF-8) together
 
 MAX_PAGE_SIZE = 1000  # ListSessions.page_size
 DEFAULT_PAGE_SIZE = 100  # what the store uses for page_size 0

@@ -3,7 +3,7 @@
 Token specs (a JSON object, from ``--tokens-file`` or ``GEARKV_TOKENS``)::
 
     {"alice": {"token_sha256": "<64 hex>", "quota_bytes": 1073741824},
-     "bob":   {"token": "plain-token"}}
+     "bob":   {"token": "plain-token", "max_in_flight": 16, "rate_per_s": 200, "burst": 50}}
 
 A plain ``token`` is hashed at load and never kept. ``GEARKV_TOKENS`` also accepts the short form
 ``alice=token1,bob=token2``.
@@ -61,10 +61,25 @@ def _from_mapping(data: dict[str, Any]) -> tuple[TenantConfig, ...]:
             digest = hash_token(str(spec["token"]))
         else:
             raise ValueError(f"tenant {name!r}: give token_sha256 (preferred) or token")
-        quota = spec.get("quota_bytes", 0)
-        if not isinstance(quota, int) or isinstance(quota, bool):
-            raise ValueError(f"tenant {name!r}: quota_bytes must be an integer")
-        tenants.append(TenantConfig(name=str(name), token_sha256=digest, quota_bytes=quota))
+
+        def number(
+            field: str, kinds: type | tuple[type, ...] = int, spec: dict[str, Any] = spec, name: str = name
+        ) -> Any:
+            value = spec.get(field, 0)
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                raise ValueError(f"tenant {name!r}: {field} must be a number")
+            return value
+
+        tenants.append(
+            TenantConfig(
+                name=str(name),
+                token_sha256=digest,
+                quota_bytes=number("quota_bytes"),
+                max_in_flight=number("max_in_flight"),
+                rate_per_s=float(number("rate_per_s", (int, float))),
+                burst=number("burst"),
+            )
+        )
     return tuple(tenants)
 
 

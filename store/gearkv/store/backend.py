@@ -84,6 +84,7 @@ class TenantUsage:
     chunks: int
     raw_bytes: int
     stored_bytes: int
+    manifest_bytes: int = 0
 
 
 class Backend(Protocol):
@@ -170,13 +171,18 @@ class Backend(Protocol):
         base: ManifestMark | None = None,
         holder: str = "",
         lease_id: str = "",
+        quota: int = 0,
+        digest: str = "",
     ) -> CommitOutcome:
         """Compare-and-set the manifest (and its ``mark``); gives back ``lease_id`` when it is the session's
         lease. ``base`` is the mark the caller read and relied on: the commit applies only while it is
-        still the session's mark.
+        still the session's mark. The manifest's bytes are charged to the tenant (its latest manifest
+        replaces the previous charge). ``digest`` identifies the request's content: a retry of
+        ``commit_id`` with the same digest replays its version.
 
         Raises Aborted on a version mismatch, a changed ``base``, or (with a ``holder``) while another
-        holder's lease is live.
+        holder's lease is live; ResourceExhausted when a larger manifest would pass ``quota`` (0 =
+        none); FailedPrecondition when ``commit_id`` was used for other content.
         """
         ...
 
@@ -189,6 +195,15 @@ class Backend(Protocol):
         ...
 
     async def usage(self, tenant: str) -> TenantUsage: ...
+
+    async def sweep(self, tenant: str) -> None:
+        """Release the bookkeeping of data that expired or was evicted (quota charges, the session
+        index): run periodically by the server, so it goes with the data even when no one asks."""
+        ...
+
+    async def used_bytes(self, tenant: str) -> int:
+        """Bytes charged to the tenant's quota now (chunks and manifests), expired data released."""
+        ...
 
     async def used_memory(self) -> int: ...
 

@@ -157,6 +157,12 @@ class StoreConfig:
         help="bytes of uploads in flight at once, all requests together; more get RESOURCE_EXHAUSTED",
         parse=size,
     )
+    sweep_interval_s: float = option(
+        60.0,
+        flag="--sweep-interval",
+        env="GEARKV_SWEEP_INTERVAL_S",
+        help="seconds between sweeps that release the bookkeeping of expired data (quota, session index)",
+    )
     redis_timeout_s: float = option(
         2.0,
         flag="--redis-timeout",
@@ -235,8 +241,8 @@ class StoreConfig:
             raise ValueError("max_in_flight must be >= 1")
         if self.tenant_max_in_flight < 0 or self.tenant_rate_per_s < 0 or self.tenant_burst < 0:
             raise ValueError("tenant_max_in_flight, tenant_rate_per_s and tenant_burst must be >= 0")
-        if self.stream_idle_s <= 0:
-            raise ValueError("stream_idle_s must be > 0")
+        if self.stream_idle_s <= 0 or self.sweep_interval_s <= 0:
+            raise ValueError("stream_idle_s and sweep_interval_s must be > 0")
         if self.max_upload_buffer_bytes < self.max_chunk_bytes:
             raise ValueError("max_upload_buffer_bytes must be >= max_chunk_bytes (one largest upload fits)")
         if self.redis_timeout_s <= 0 or self.redis_retry_budget_s < 0 or self.grace_s < 0:

@@ -8,6 +8,7 @@
     ├── Aborted              ABORTED (manifest version moved on)
     ├── FailedPrecondition   FAILED_PRECONDITION (manifest references a missing chunk)
     ├── Unauthenticated      UNAUTHENTICATED
+    ├── StreamIdle           DEADLINE_EXCEEDED (a client stream sent nothing for too long)
     └── BackendUnavailable   UNAVAILABLE (Redis unreachable after bounded retries)
 
 Messages are written for clients: they never carry exception text from Redis, secrets or tracebacks.
@@ -50,6 +51,10 @@ class FailedPrecondition(StoreError):
 
 class Unauthenticated(StoreError):
     code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class StreamIdle(StoreError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class BackendUnavailable(StoreError):

@@ -1,10 +1,14 @@
 """One server interceptor for every KVStore RPC: load shedding, auth, metrics and error mapping.
 
 It wraps each KVStore handler so that its body runs inside ``_guard``:
-- more than ``max_in_flight`` requests in flight -> RESOURCE_EXHAUSTED at once (grpc.aio's own
+- authentication first: the bearer token resolves the tenant into ``gearkv.store.context.tenant_var``
+  (an unauthenticated call gets UNAUTHENTICATED even when the store is busy);
+- then the tenant's fair share (``gearkv.store.fairness``): its own in-flight cap and rate limit, and
+  the store's global in-flight limit -> RESOURCE_EXHAUSTED at once (grpc.aio's own
   ``maximum_concurrent_rpcs`` queues instead of rejecting);
-- the bearer token resolves the tenant into ``gearkv.store.context.tenant_var``, and the client's
-  deadline goes into ``deadline_var`` (backend retries stop when the client stops waiting);
+- the client's deadline goes into ``deadline_var`` (backend retries stop when the client stops waiting);
+- a client stream that sends nothing for ``stream_idle_s`` is ended with DEADLINE_EXCEEDED, so an idle
+  upload cannot hold its slot forever;
 - ``StoreError`` -> its status code and client-facing message; any other exception -> INTERNAL with a
   fixed message (its type is logged, its text never leaves the process): never UNKNOWN;
 - ``gearkv_store_requests_total{method,code}`` and the duration histogram are recorded.
@@ -23,7 +27,8 @@ from typing import Any
 import grpc
 from gearkv.store.auth import Authenticator
 from gearkv.store.context import deadline_var, tenant_var
-from gearkv.store.errors import InvalidArgument, StoreError
+from gearkv.store.errors import InvalidArgument, ResourceExhausted, StoreError, StreamIdle
+from gearkv.store.fairness import Fairness
 from gearkv.store.metrics import StoreMetrics
 
 log = logging.getLogger("gearkv.store")
@@ -60,20 +65,35 @@ def _check(request: Any, method: str) -> Any:
     return request
 
 
-async def _checked(requests: AsyncIterator[Any], method: str) -> AsyncIterator[Any]:
-    async for request in requests:
+async def _checked(requests: AsyncIterator[Any], method: str, idle_s: float) -> AsyncIterator[Any]:
+    stream = aiter(requests)
+    while True:
+        try:
+            request = await asyncio.wait_for(anext(stream), idle_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise StreamIdle(
+                f"the {method} stream sent nothing for {idle_s:g} s; send parts promptly"
+            ) from None
         yield _check(request, method)
 
 
 class StoreInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """See the module docstring."""
 
-    def __init__(self, auth: Authenticator, metrics: StoreMetrics, max_in_flight: int) -> None:
+    def __init__(
+        self, auth: Authenticator, metrics: StoreMetrics, fairness: Fairness, stream_idle_s: float
+    ) -> None:
         self._auth = auth
         self._metrics = metrics
-        self._max_in_flight = max_in_flight
-        self.in_flight = 0
+        self.fairness = fairness
+        self._stream_idle_s = stream_idle_s
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return self.fairness.in_flight
 
     async def intercept_service(
         self,
@@ -95,26 +115,25 @@ class StoreInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         started = time.perf_counter()
         started_mono = time.monotonic()
         code = grpc.StatusCode.OK
-        counted = False
         try:
-            if self.in_flight >= self._max_in_flight:
-                self._metrics.shed.inc()
-                code = grpc.StatusCode.RESOURCE_EXHAUSTED
-                await context.abort(
-                    code, f"server busy: {self.in_flight} requests in flight (limit {self._max_in_flight})"
-                )
-            self.in_flight += 1
-            counted = True
             try:
                 tenant = self._auth.tenant_for(context.invocation_metadata())
-                remaining = context.time_remaining()
-                reset = tenant_var.set(tenant)
-                reset_deadline = deadline_var.set(None if remaining is None else started_mono + remaining)
                 try:
-                    yield
+                    self.fairness.acquire(tenant)
+                except ResourceExhausted:
+                    self._metrics.shed.inc()
+                    raise
+                try:
+                    remaining = context.time_remaining()
+                    reset = tenant_var.set(tenant)
+                    reset_deadline = deadline_var.set(None if remaining is None else started_mono + remaining)
+                    try:
+                        yield
+                    finally:
+                        deadline_var.reset(reset_deadline)
+                        tenant_var.reset(reset)
                 finally:
-                    deadline_var.reset(reset_deadline)
-                    tenant_var.reset(reset)
+                    self.fairness.release(tenant)
             except StoreError as exc:
                 code = exc.code
                 await context.abort(exc.code, str(exc))
@@ -129,13 +148,12 @@ class StoreInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            if counted:
-                self.in_flight -= 1
             self._metrics.requests.labels(method=method, code=code.name).inc()
             self._metrics.duration.labels(method=method).observe(time.perf_counter() - started)
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         guard = self._guard
+        idle_s = self._stream_idle_s
         options: dict[str, Any] = {
             "request_deserializer": _tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
@@ -154,7 +172,7 @@ class StoreInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             async def stream_unary(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
                 async with guard(method, context):
-                    return await su(_checked(request_iterator, method), context)
+                    return await su(_checked(request_iterator, method, idle_s), context)
                 return None  # pragma: no cover
 
             return grpc.stream_unary_rpc_method_handler(stream_unary, **options)

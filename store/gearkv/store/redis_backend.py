@@ -24,13 +24,19 @@ from gearkv.store import lua
 from gearkv.store.backend import CommitOutcome, ManifestMark, SessionHead, TenantUsage, TurnStart
 from gearkv.store.config import StoreConfig
 from gearkv.store.context import deadline_var
-from gearkv.store.errors import Aborted, BackendUnavailable, ResourceExhausted, StoreError
+from gearkv.store.errors import (
+    Aborted,
+    BackendUnavailable,
+    DataLoss,
+    FailedPrecondition,
+    ResourceExhausted,
+    StoreError,
+)
 from gearkv.store.metrics import StoreMetrics
 from gearkv.store.redis_keys import (
     chunk_redis_key,
     lease_redis_key,
-    manifest_redis_key,
-    session_meta_redis_key,
+    session_redis_key,
     session_redis_keys,
     tenant_redis_key,
 )
@@ -73,6 +79,29 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (rexc.ConnectionError, Connectio
 # a tenth of the time the client gives, within these bounds.
 _MIN_ANSWER_MARGIN_S = 0.02
 _MAX_ANSWER_MARGIN_S = 0.25
+
+
+# Ledger members: a chunk's key (64 hex chars), or this prefix and a session id for its manifest.
+_SESSION_MEMBER = "s:"
+
+
+def _session_member(session_id: str) -> str:
+    return _SESSION_MEMBER + session_id
+
+
+# Replies that mean a stored value is not what the store wrote (a key of the wrong type, a field that
+# is not a number): a retry cannot help, and clients must not retry it as UNAVAILABLE.
+_DAMAGE_MARKERS = ("WRONGTYPE", "not an integer", "@user_script")  # the last: any error inside our scripts
+
+
+def _damaged(exc: BaseException) -> bool:
+    if isinstance(exc, ValueError | UnicodeDecodeError):
+        return True
+    return (
+        isinstance(exc, rexc.ResponseError)
+        and not isinstance(exc, _RETRYABLE)
+        and any(marker in str(exc) for marker in _DAMAGE_MARKERS)
+    )
 
 
 def _error_kind(exc: BaseException) -> str:
@@ -118,12 +147,16 @@ class RedisBackend:
         self._cluster = cfg.is_cluster
         self.kind = "redis-cluster" if self._cluster else "redis"
         self._last_reap: dict[str, float] = {}
+        self._index_cursor: dict[str, int] = {}  # where each tenant's session-index sweep goes on
         # Set when a standalone Redis stayed unreachable for a whole retry budget, cleared by the next
         # success (the health probe's ping included). A cluster keeps retrying: its failover needs it.
         self._backend_down = False
+        # A hung Redis must not cost more than the retry budget per attempt (5 s sockets under a 3 s
+        # budget made each try of a stalled Redis take 5 s).
+        socket_timeout = min(cfg.redis_timeout_s, cfg.redis_retry_budget_s or cfg.redis_timeout_s)
         common: dict[str, Any] = {
-            "socket_timeout": cfg.redis_timeout_s,
-            "socket_connect_timeout": min(cfg.redis_timeout_s, 2.0),
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": min(socket_timeout, 2.0),
             "max_connections": cfg.redis_max_connections,
         }
         if cfg.redis_tls_ca:
@@ -143,6 +176,7 @@ class RedisBackend:
         self._claim = self._client.register_script(lua.CLAIM)
         self._settle = self._client.register_script(lua.SETTLE)
         self._commit = self._client.register_script(lua.COMMIT)
+        self._charge_session = self._client.register_script(lua.CHARGE_SESSION)
         self._touch_session = self._client.register_script(lua.TOUCH_SESSION)
         self._begin_turn = self._client.register_script(lua.BEGIN_TURN)
         self._end_turn = self._client.register_script(lua.END_TURN)
@@ -183,6 +217,10 @@ class RedisBackend:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if _damaged(exc):
+                    self._metrics.integrity_failures.labels(where="storage").inc()
+                    log.error("redis %s: stored bookkeeping is damaged (%s)", op, type(exc).__name__)
+                    raise DataLoss(f"the store's data for this {op} is damaged") from exc
                 kind = _error_kind(exc)
                 self._metrics.redis_errors.labels(kind=kind).inc()
                 retryable = isinstance(exc, _RETRYABLE) or (
@@ -319,7 +357,7 @@ class RedisBackend:
     # -- sessions -----------------------------------------------------------------------------------
 
     async def get_session(self, tenant: str, session_id: str, ttl_ms: int) -> bytes | None:
-        keys = [manifest_redis_key(tenant, session_id), session_meta_redis_key(tenant, session_id)]
+        keys = [session_redis_key(tenant, session_id)]
 
         async def run() -> bytes | None:
             value = await self._touch_session(keys=keys, args=[ttl_ms])
@@ -328,7 +366,7 @@ class RedisBackend:
         return await self._call("get_session", run)
 
     async def session_head(self, tenant: str, session_id: str) -> SessionHead | None:
-        meta = session_meta_redis_key(tenant, session_id)
+        meta = session_redis_key(tenant, session_id)
 
         async def run() -> SessionHead | None:
             version, mark = await self._client.hmget(meta, ("v", "mk"))
@@ -352,20 +390,39 @@ class RedisBackend:
         base: ManifestMark | None = None,
         holder: str = "",
         lease_id: str = "",
+        quota: int = 0,
+        digest: str = "",
     ) -> CommitOutcome:
         keys = session_redis_keys(tenant, session_id)
         index = tenant_redis_key(tenant, "sessions")
+        ledger_keys = [tenant_redis_key(tenant, w) for w in ("ledger", "sizes", "usage")]
         args: list[Any] = [expected_version, commit_id, manifest, ttl_ms, summary.turns, summary.tokens]
         args += [summary.raw_bytes, summary.stored_bytes, summary.updated_ms, holder, lease_id]
-        args += [base.encode() if base is not None else "", mark.encode()]
+        args += [base.encode() if base is not None else "", mark.encode(), digest]
 
         async def run() -> CommitOutcome:
+            if quota > 0:
+                await self._reap(tenant)
+            expires = int(time.time() * 1000) + ttl_ms
+            charged = await self._charge_session(
+                keys=ledger_keys, args=[_session_member(session_id), len(manifest), expires, quota]
+            )
+            if int(charged) < 0:
+                raise ResourceExhausted(
+                    f"tenant byte quota of {quota} bytes exceeded by a {len(manifest)}-byte manifest "
+                    "(messages and attributes count); nothing was committed"
+                )
             # Index first: it is a superset of the live sessions (entries without a manifest are pruned).
             await self._client.zadd(index, {session_id: 0})
             reply = await self._commit(keys=keys, args=args)
             status = int(reply[0])
             if status == 3:
                 raise Aborted(_leased_message(reply[1], reply[2]))
+            if status == 5:
+                raise FailedPrecondition(
+                    f"commit_id {commit_id!r} already committed version {int(reply[1])} with other "
+                    "content; use a new commit_id for a new commit"
+                )
             if status == 4:
                 raise Aborted("the session changed while the commit was checked; re-read it and retry")
             if status == 0:
@@ -412,9 +469,13 @@ class RedisBackend:
     async def delete_session(self, tenant: str, session_id: str) -> bool:
         keys = session_redis_keys(tenant, session_id)
 
+        ledger_keys = [tenant_redis_key(tenant, w) for w in ("ledger", "sizes", "usage")]
+
         async def run() -> bool:
             existed = await self._delete_session(keys=keys, args=[])
             await self._client.zrem(tenant_redis_key(tenant, "sessions"), session_id)
+            now_ms = int(time.time() * 1000)
+            await self._settle(keys=ledger_keys, args=[now_ms, _session_member(session_id), -2])
             return bool(existed)
 
         return await self._call("delete_session", run)
@@ -433,8 +494,8 @@ class RedisBackend:
             ids = ids[:limit]
             pipe = self._client.pipeline(transaction=False)
             for sid in ids:
-                pipe.exists(manifest_redis_key(tenant, sid))
-                pipe.hmget(session_meta_redis_key(tenant, sid), fields)
+                pipe.hexists(session_redis_key(tenant, sid), "m")
+                pipe.hmget(session_redis_key(tenant, sid), fields)
             replies = await pipe.execute() if ids else []
             out: list[SessionSummary] = []
             gone: list[str] = []
@@ -468,23 +529,60 @@ class RedisBackend:
             names = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
             pipe = self._client.pipeline(transaction=False)
             for name in names:
-                pipe.pttl(chunk_redis_key(tenant, name))
+                sid = name.removeprefix(_SESSION_MEMBER)
+                pipe.pttl(session_redis_key(tenant, sid) if sid != name else chunk_redis_key(tenant, name))
             pttls = await pipe.execute()
             args: list[Any] = [now_ms]
             for name, pttl in zip(names, pttls, strict=True):
                 args += [name, int(pttl)]
             await self._settle(keys=keys, args=args)
 
+    async def _prune_index(self, tenant: str, batches: int) -> None:
+        """Drop index entries of sessions that expired or were evicted (a few ZSCAN batches a call)."""
+        index = tenant_redis_key(tenant, "sessions")
+        cursor = self._index_cursor.get(tenant, 0)
+        for _ in range(batches):
+            cursor, entries = await self._client.zscan(index, cursor, count=500)
+            ids = [(e[0].decode() if isinstance(e[0], bytes) else str(e[0])) for e in entries]
+            if ids:
+                pipe = self._client.pipeline(transaction=False)
+                for sid in ids:
+                    pipe.hexists(session_redis_key(tenant, sid), "m")
+                gone = [sid for sid, alive in zip(ids, await pipe.execute(), strict=True) if not alive]
+                if gone:
+                    await self._client.zrem(index, *gone)
+            if cursor == 0:
+                break
+        self._index_cursor[tenant] = cursor
+
+    async def sweep(self, tenant: str) -> None:
+        async def run() -> None:
+            await self._reap(tenant, force=True)
+            await self._prune_index(tenant, batches=20)
+
+        await self._call("sweep", run)
+
     async def usage(self, tenant: str) -> TenantUsage:
         async def run() -> TenantUsage:
             await self._reap(tenant, force=True)
+            await self._prune_index(tenant, batches=4)
             pipe = self._client.pipeline(transaction=False)
-            pipe.hmget(tenant_redis_key(tenant, "usage"), ("chunks", "raw", "stored"))
+            pipe.hmget(tenant_redis_key(tenant, "usage"), ("chunks", "raw", "stored", "manifest_bytes"))
             pipe.zcard(tenant_redis_key(tenant, "sessions"))
-            (chunks, raw, stored), sessions = await pipe.execute()
-            return TenantUsage(int(sessions), _int(chunks), _int(raw), _int(stored))
+            (chunks, raw, stored, manifests), sessions = await pipe.execute()
+            return TenantUsage(int(sessions), _int(chunks), _int(raw), _int(stored), _int(manifests))
 
         return await self._call("usage", run)
+
+    async def used_bytes(self, tenant: str) -> int:
+        async def run() -> int:
+            await self._reap(tenant)  # expired data first frees its charge (at most once a second)
+            stored, manifests = await self._client.hmget(
+                tenant_redis_key(tenant, "usage"), ("stored", "manifest_bytes")
+            )
+            return _int(stored) + _int(manifests)
+
+        return await self._call("used_bytes", run)
 
     async def used_memory(self) -> int:
         async def run() -> int:

@@ -11,16 +11,18 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from pathlib import Path
 from typing import Any
 
 import grpc
 from gearkv.api import wire
 from gearkv.api.v1 import kvstore_pb2, kvstore_pb2_grpc
-from gearkv.store.auth import Authenticator
+from gearkv.store.auth import DEFAULT_TENANT, Authenticator
 from gearkv.store.backend import Backend
 from gearkv.store.config import StoreConfig, redacted_url
 from gearkv.store.errors import StoreError
+from gearkv.store.fairness import Fairness, tenant_limits
 from gearkv.store.interceptors import StoreInterceptor
 from gearkv.store.metrics import StoreMetrics, serve_metrics
 from gearkv.store.redis_backend import RedisBackend
@@ -71,7 +73,11 @@ def add_kvstore(servicer: KVStoreServicer, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, captured)
 
 
-class BindError(RuntimeError):
+class StartupError(RuntimeError):
+    """The store cannot start as configured; the message says what to fix (no traceback)."""
+
+
+class BindError(StartupError):
     """The gRPC port could not be bound (in use by another server, or not permitted)."""
 
 
@@ -94,6 +100,7 @@ class StoreServer:
         self.health = health_servicer
         self.interceptor = interceptor
         self._probe: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._serving: bool | None = None
         self._stopped = False
 
@@ -115,6 +122,17 @@ class StoreServer:
                     redacted_url(self.cfg.redis_url),
                 )
 
+    async def _sweep(self) -> None:
+        """Release each tenant's bookkeeping of expired data, whether or not anyone reads stats."""
+        tenants = [t.name for t in self.cfg.tenants] if self.cfg.auth else [DEFAULT_TENANT]
+        while True:
+            await asyncio.sleep(self.cfg.sweep_interval_s)
+            for tenant in tenants:
+                try:
+                    await self.backend.sweep(tenant)
+                except StoreError as exc:
+                    log.debug("sweep of tenant %s skipped: %s", tenant, exc)
+
     async def _probe_backend(self) -> None:
         """Report NOT_SERVING in health checks while Redis is unreachable."""
         while True:
@@ -126,10 +144,11 @@ class StoreServer:
         if self._stopped:
             return
         self._stopped = True
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
+        for task in (self._probe, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(self.cfg.grace_s if grace is None else grace)
         await self.backend.close()
@@ -138,11 +157,31 @@ class StoreServer:
         await self.grpc_server.wait_for_termination()
 
 
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise StartupError(f"cannot read {what} {path!r}: {exc.strerror or exc}") from None
+
+
 def _credentials(cfg: StoreConfig) -> grpc.ServerCredentials | None:
+    """TLS credentials, checked up front: grpc reports a bad pair only as a failed bind."""
     if cfg.tls_cert is None or cfg.tls_key is None:
         return None
-    pair = (Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())
-    client_ca = Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None
+    pair = (_read(cfg.tls_key, "--tls-key"), _read(cfg.tls_cert, "--tls-cert"))
+    client_ca = _read(cfg.tls_client_ca, "--tls-client-ca") if cfg.tls_client_ca else None
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    except ssl.SSLError as exc:
+        raise StartupError(
+            f"--tls-cert {cfg.tls_cert!r} and --tls-key {cfg.tls_key!r} are not a PEM certificate and "
+            f"its private key ({exc.reason or 'they do not match'})"
+        ) from None
+    if client_ca is not None:
+        try:
+            ssl.create_default_context(cadata=client_ca.decode("ascii", "replace"))
+        except (ssl.SSLError, ValueError):
+            raise StartupError(f"--tls-client-ca {cfg.tls_client_ca!r} holds no PEM CA certificate") from None
     return grpc.ssl_server_credentials(
         [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
@@ -157,11 +196,18 @@ async def start_store(
 
     Raises:
         BindError: the port is taken (``so_reuseport`` is off) or cannot be bound.
+        StartupError: a TLS file is missing or unreadable, or the certificate and key do not match.
     """
+    creds = _credentials(cfg)
     metrics = StoreMetrics(registry if registry is not None else CollectorRegistry())
     if backend is None:
         backend = RedisBackend(cfg, metrics)
-    interceptor = StoreInterceptor(Authenticator(cfg.tenants, enabled=cfg.auth), metrics, cfg.max_in_flight)
+    interceptor = StoreInterceptor(
+        Authenticator(cfg.tenants, enabled=cfg.auth),
+        metrics,
+        Fairness(cfg.max_in_flight, tenant_limits(cfg)),
+        cfg.stream_idle_s,
+    )
     server = grpc.aio.server(
         interceptors=[interceptor],
         options=[
@@ -174,8 +220,11 @@ async def start_store(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    # NOT_SERVING (the server and KVStore alike) until the backend first answers: a store whose Redis
+    # is down must not look healthy while it starts.
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     address = f"{cfg.host}:{cfg.port}"
-    creds = _credentials(cfg)
     try:
         port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
     except RuntimeError as exc:
@@ -188,6 +237,7 @@ async def start_store(
     store = StoreServer(cfg, server, backend, metrics, health_servicer, interceptor)
     await store._probe_once()
     store._probe = asyncio.create_task(store._probe_backend())
+    store._sweeper = asyncio.create_task(store._sweep())
     if cfg.metrics_port is not None:
         serve_metrics(metrics.registry, cfg.metrics_port, cfg.host)
     bound = f"{cfg.host}:{port}"
@@ -212,7 +262,7 @@ async def serve(cfg: StoreConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         _, store = await start_store(cfg)
-    except BindError as exc:
+    except StartupError as exc:
         log.error("%s", exc)
         return 1
     await stop.wait()

@@ -6,6 +6,7 @@ shedding, metrics of every call and the never-UNKNOWN guarantee live in ``interc
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,7 +24,8 @@ from gearkv.store.chunk_format import CorruptValue, decode_value, encode_header
 from gearkv.store.commits import plan_commit
 from gearkv.store.config import StoreConfig
 from gearkv.store.context import current_tenant
-from gearkv.store.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
+from gearkv.store.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from gearkv.store.fairness import UploadBuffer
 from gearkv.store.metrics import StoreMetrics
 from gearkv.store.prefix import match_prefix
 
@@ -42,6 +44,23 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
         self._cfg = cfg
         self._backend = backend
         self._metrics = metrics
+        self._uploads = UploadBuffer.for_store(cfg)
+
+    async def _check_quota_room(self, tenant: str, key: str, nbytes: int, quota: int) -> None:
+        """Refuse an upload the quota cannot take (unless the chunk is stored: it would deduplicate)."""
+        used = await self._backend.used_bytes(tenant)
+        if used + nbytes <= quota:
+            return
+        if (
+            await self._backend.touch_chunks_nonatomic(
+                tenant, [key], self._chunk_ttl_ms(), stop_at_missing=True
+            )
+        )[0]:
+            return
+        raise ResourceExhausted(
+            f"tenant byte quota of {quota} bytes cannot take a {nbytes}-byte chunk ({used} bytes used); "
+            "nothing was read"
+        )
 
     def _chunk_ttl_ms(self, ttl_s: int = 0) -> int:
         return validation.ttl_ms(ttl_s, self._cfg.default_chunk_ttl_s, self._cfg.max_chunk_ttl_s)
@@ -70,50 +89,65 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
     ) -> pb.PutChunkResponse:
         tenant = current_tenant()
         header: pb.PutChunkHeader | None = None
-        total = received = 0
+        total = received = reserved = 0
         # The stored value is the format header followed by the parts (views of the received
         # messages), joined once at the end; the digest is computed as parts arrive (XXH3: ~0.03 ms
         # per MiB), so the payload is copied once and hashed once.
         pieces: list[bytes | bytearray | memoryview] = []
         hasher = PayloadHasher()
         digest = b""
-        async for msg in request_iterator:
-            req = wire.PutPart.of(msg)
+        quota = self._cfg.quota_for(tenant)
+        try:
+            async for msg in request_iterator:
+                req = wire.PutPart.of(msg)
+                if header is None:
+                    if req.header is None:
+                        raise InvalidArgument("the first PutChunkRequest must carry header")
+                    header = req.header
+                    meta = validation.put_header(header, self._cfg.max_chunk_bytes, tenant)
+                    total, digest = meta.stored_bytes, meta.digest
+                    if quota:  # refuse at the header what the quota cannot take, before any data
+                        await self._check_quota_room(tenant, header.key, total, quota)
+                    self._uploads.reserve(tenant, total)
+                    reserved = total
+                    pieces.append(encode_header(meta))
+                elif req.header is not None:
+                    raise InvalidArgument("header must appear only in the first PutChunkRequest")
+                part = req.data
+                if len(part) > PART_BYTES:
+                    raise InvalidArgument(
+                        f"data part of {len(part)} bytes exceeds the {PART_BYTES}-byte limit"
+                    )
+                received += len(part)
+                if received > total:
+                    raise InvalidArgument(f"data exceeds header.total_bytes ({total})")
+                hasher.update(part)
+                pieces.append(part)
             if header is None:
-                if req.header is None:
-                    raise InvalidArgument("the first PutChunkRequest must carry header")
-                header = req.header
-                meta = validation.put_header(header, self._cfg.max_chunk_bytes, tenant)
-                total, digest = meta.stored_bytes, meta.digest
-                pieces.append(encode_header(meta))
-            elif req.header is not None:
-                raise InvalidArgument("header must appear only in the first PutChunkRequest")
-            part = req.data
-            if len(part) > PART_BYTES:
-                raise InvalidArgument(f"data part of {len(part)} bytes exceeds the {PART_BYTES}-byte limit")
-            received += len(part)
-            if received > total:
-                raise InvalidArgument(f"data exceeds header.total_bytes ({total})")
-            hasher.update(part)
-            pieces.append(part)
-        if header is None:
-            raise InvalidArgument("empty stream: the first PutChunkRequest must carry header")
-        if received != total:
-            raise InvalidArgument(f"received {received} data bytes; header.total_bytes is {total}")
-        if hasher.digest() != digest:
-            self._metrics.integrity_failures.labels(where="upload").inc()
-            raise DataLoss("payload does not match header.digest (damaged in transit); nothing was stored")
-        value = b"".join(pieces)
-        del pieces
-        dedup = await self._backend.put_chunk(
-            tenant,
-            header.key,
-            value,
-            stored=total,
-            raw=header.raw_bytes,
-            ttl_ms=self._chunk_ttl_ms(header.ttl_s),
-            quota=self._cfg.quota_for(tenant),
-        )
+                raise InvalidArgument("empty stream: the first PutChunkRequest must carry header")
+            if received != total:
+                raise InvalidArgument(f"received {received} data bytes; header.total_bytes is {total}")
+            if hasher.digest() != digest:
+                self._metrics.integrity_failures.labels(where="upload").inc()
+                raise DataLoss(
+                    "payload does not match header.digest (damaged in transit); nothing was stored"
+                )
+            value = b"".join(pieces)
+            pieces.clear()
+            dedup = await self._backend.put_chunk(
+                tenant,
+                header.key,
+                value,
+                stored=total,
+                raw=header.raw_bytes,
+                ttl_ms=self._chunk_ttl_ms(header.ttl_s),
+                quota=quota,
+            )
+            del value
+        finally:
+            pieces.clear()
+            if reserved:
+                self._uploads.release(tenant, reserved)
         if dedup:
             self._metrics.chunks_deduplicated.inc()
         else:
@@ -271,6 +305,8 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
             base=plan.base,
             holder=holder,
             lease_id=lease_id,
+            quota=self._cfg.quota_for(tenant),
+            digest=_request_digest(m),
         )
         return pb.CommitTurnResponse(version=outcome.version)
 
@@ -363,7 +399,13 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
             chunks=usage.chunks,
             raw_bytes=usage.raw_bytes,
             stored_bytes=usage.stored_bytes,
+            manifest_bytes=usage.manifest_bytes,
             quota_bytes=self._cfg.quota_for(tenant),
-            backend_used_memory_bytes=await self._backend.used_memory(),
+            backend_used_memory_bytes=await self._backend.used_memory() if len(self._cfg.tenants) <= 1 else 0,
             backend=self._backend.kind,
         )
+
+
+def _request_digest(m: pb.Manifest) -> str:
+    """What a commit id stands for: a retry with the same manifest replays, other content is refused."""
+    return hashlib.blake2b(m.SerializeToString(deterministic=True), digest_size=16).hexdigest()

@@ -22,6 +22,9 @@ from gearkv.api.limits import (
     MAX_ATTRIBUTE_KEY,
     MAX_ATTRIBUTE_VALUE,
     MAX_ATTRIBUTES,
+    MAX_ATTRIBUTES_BYTES,
+    MAX_MESSAGES,
+    MAX_MESSAGES_BYTES,
     MAX_PAGE_SIZE,
     MAX_RAW_BYTES,
     MAX_ROLE,
@@ -121,15 +124,29 @@ def manifest(m: pb.Manifest) -> Namespace:
         raise InvalidArgument(
             f"manifest.attributes has {len(m.attributes)} entries; the limit is {MAX_ATTRIBUTES}"
         )
+    total = 0
     for name, value in m.attributes.items():
         if not 1 <= len(name) <= MAX_ATTRIBUTE_KEY or len(value) > MAX_ATTRIBUTE_VALUE:
             raise InvalidArgument(
                 f"manifest.attributes keys must be 1-{MAX_ATTRIBUTE_KEY} chars, "
                 f"values <= {MAX_ATTRIBUTE_VALUE}"
             )
+        total += len(name.encode()) + len(value.encode())
+    if total > MAX_ATTRIBUTES_BYTES:
+        raise InvalidArgument(
+            f"manifest.attributes hold {total} bytes; the limit is {MAX_ATTRIBUTES_BYTES} for all together"
+        )
+    if len(m.messages) > MAX_MESSAGES:
+        raise InvalidArgument(f"manifest.messages has {len(m.messages)} entries; the limit is {MAX_MESSAGES}")
+    total = 0
     for i, msg in enumerate(m.messages):
         if not 1 <= len(msg.role) <= MAX_ROLE:
             raise InvalidArgument(f"manifest.messages[{i}].role must be 1-{MAX_ROLE} chars")
+        total += len(msg.role.encode()) + len(msg.content.encode())
+    if total > MAX_MESSAGES_BYTES:
+        raise InvalidArgument(
+            f"manifest.messages hold {total} bytes of text; the limit is {MAX_MESSAGES_BYTES} in all"
+        )
     size = ns.chunk_size
     tokens = m.token_ids
     parent = ""

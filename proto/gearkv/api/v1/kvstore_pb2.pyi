@@ -493,11 +493,11 @@ class Manifest(_message.Message):
 
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
-        """Conversation so far (bounded by the server's message size limit)."""
+        """Conversation so far: at most 65536 messages of 4 MiB of text in all (roles and contents)."""
 
     @_builtins.property
     def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Free-form string attributes (e.g. a KVSharer layer map), at most 64 entries."""
+        """Free-form string attributes (e.g. a KVSharer layer map), at most 64 entries of 256 KiB in all."""
 
     def __init__(
         self,
@@ -873,6 +873,7 @@ class GetStatsResponse(_message.Message):
     QUOTA_BYTES_FIELD_NUMBER: _builtins.int
     BACKEND_USED_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
+    MANIFEST_BYTES_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """Caller's tenant."""
     sessions: _builtins.int
@@ -883,9 +884,15 @@ class GetStatsResponse(_message.Message):
     quota_bytes: _builtins.int
     """Tenant byte quota (0 = unlimited)."""
     backend_used_memory_bytes: _builtins.int
-    """Bytes Redis reports as used in total (INFO memory), for the whole backend."""
+    """Bytes Redis reports as used in total (INFO memory), for the whole backend; 0 when the store has
+    several tenants (one tenant is not shown the others' footprint: operators read it from metrics).
+    """
     backend: _builtins.str
     """"redis" or "redis-cluster"."""
+    manifest_bytes: _builtins.int
+    """Bytes of the tenant's session manifests (messages and attributes included). The quota counts
+    stored_bytes + manifest_bytes: every byte a tenant makes the store hold.
+    """
     def __init__(
         self,
         *,
@@ -897,10 +904,11 @@ class GetStatsResponse(_message.Message):
         quota_bytes: _builtins.int = ...,
         backend_used_memory_bytes: _builtins.int = ...,
         backend: _builtins.str = ...,
+        manifest_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "backend_used_memory_bytes", b"backend_used_memory_bytes", "chunks", b"chunks", "quota_bytes", b"quota_bytes", "raw_bytes", b"raw_bytes", "sessions", b"sessions", "stored_bytes", b"stored_bytes", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "backend_used_memory_bytes", b"backend_used_memory_bytes", "chunks", b"chunks", "manifest_bytes", b"manifest_bytes", "quota_bytes", b"quota_bytes", "raw_bytes", b"raw_bytes", "sessions", b"sessions", "stored_bytes", b"stored_bytes", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
