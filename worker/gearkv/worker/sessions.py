@@ -27,7 +27,6 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -48,6 +47,14 @@ from gearkv.worker.hot_cache import HotCache, HotEntry
 from gearkv.worker.leases import LeaseKeeper
 from gearkv.worker.metrics import WorkerMetrics
 from gearkv.worker.push_queue import PushQueue
+from gearkv.worker.session_records import (
+    LocalRecord,
+    SessionTable,
+    TurnView,
+    merge_refs,
+    view_of_manifest,
+    view_of_record,
+)
 from gearkv.worker.store_client import StoreClient
 from gearkv.worker.transfer import KVGeometry, PushResult, fault_reason, pull_prefix, push_turn
 
@@ -55,7 +62,6 @@ __all__ = ["Turn", "TurnStats", "Worker"]
 
 log = logging.getLogger("gearkv.worker")
 
-MAX_LOCAL_SESSIONS = 4096  # session records kept per worker (committed ones are dropped first)
 MAX_MESSAGE_CHARS = 1 << 20
 MAX_SYSTEM_PROMPT_CHARS = 1 << 16
 PUSH_DRAIN_S = 30.0  # how long closing a worker waits for its pending pushes
@@ -93,47 +99,6 @@ class TurnStats:
     compress_s: float = 0.0
     push_pending: bool = False
     codec: str = ""
-
-
-@dataclass
-class _Local:
-    """This worker's record of a session: the history it answered on, and what of it is committed.
-
-    ``version``/``chunks`` are the last commit this worker knows of; ``unsynced`` says the history
-    holds answered turns that no commit includes yet (their push is pending, failed or retrying):
-    until one does, this record, not the store's older manifest, is the session's history.
-    """
-
-    messages: tuple[ChatMessage, ...] = ()
-    token_ids: tuple[int, ...] = ()
-    chunks: tuple[ChunkRef, ...] = ()
-    version: int = 0
-    turns: int = 0
-    attributes: dict[str, str] = field(default_factory=dict)
-    pending: Future[PushResult] | None = None
-    last_push: PushResult | None = None
-    unsynced: bool = False
-    seq: int = 0  # turns answered here; a background retry only runs for the latest
-
-
-@dataclass
-class _View:
-    """A session as the turn starts: conversation and the KV the store (or this worker) holds."""
-
-    messages: tuple[ChatMessage, ...] = ()
-    token_ids: tuple[int, ...] = ()
-    chunks: tuple[ChunkRef, ...] = ()
-    version: int = 0
-    turns: int = 0
-    attributes: dict[str, str] = field(default_factory=dict)
-    new: bool = True
-    fault: str = ""
-    store_ok: bool = True
-    from_local: bool = False
-    lease_id: str = ""  # this turn's lease ("" without one)
-    handed: bool = False  # the turn answered: its push (not _end_lease) settles the lease
-    # The store confirmed this history is current (or there is no store): a full reuse is a hit.
-    confirmed: bool = True
 
 
 class Turn:
@@ -206,7 +171,7 @@ class Worker:
         self.namespace = Namespace(self.fingerprint, self.codec.codec_id, self.options.chunk_size)
         self.geometry = KVGeometry.of(engine.model.config, engine.device, engine.loaded.dtype)
         self.hot = HotCache(self.options.hot_cache_bytes)
-        self._local: OrderedDict[str, _Local] = OrderedDict()
+        self._local = SessionTable()  # guarded by self._lock
         self._lock = threading.Lock()
         self.admission = Admission(self.options.max_turns_in_flight, self.metrics.turns_in_flight)
         turns = self.options.max_turns_in_flight
@@ -294,7 +259,7 @@ class Worker:
     def unsynced_sessions(self) -> list[str]:
         """Sessions holding answered turns that no commit includes yet (their push is retrying)."""
         with self._lock:
-            return [sid for sid, local in self._local.items() if local.unsynced]
+            return self._local.unsynced()
 
     def session_messages(self, session_id: str) -> tuple[ChatMessage, ...]:
         """The conversation as this worker last saw it (the store's copy is authoritative)."""
@@ -342,7 +307,7 @@ class Worker:
         self, turn: Turn, session_id: str, ids: list[int], params: SamplingParams
     ) -> Iterator[Delta]:
         t0 = time.perf_counter()
-        view = self._begin(session_id) if session_id else _View(store_ok=self.client is not None)
+        view = self._begin(session_id) if session_id else TurnView(store_ok=self.client is not None)
         try:
             yield from self._turn(turn, t0, session_id, view, ids, params, list(view.messages), chat=False)
         finally:
@@ -354,7 +319,7 @@ class Worker:
         turn: Turn,
         t0: float,
         session_id: str,
-        view: _View,
+        view: TurnView,
         prompt: list[int],
         params: SamplingParams,
         messages: list[ChatMessage],
@@ -404,25 +369,17 @@ class Worker:
         stats.push_pending = turn.push is not None and not turn.push.done()
         turn.stats = stats
 
-    def _remember(self, session_id: str, view: _View, cached: list[int], messages: list[ChatMessage]) -> None:
+    def _remember(
+        self, session_id: str, view: TurnView, cached: list[int], messages: list[ChatMessage]
+    ) -> None:
         """Record the answered history before anything can fail: it is kept until a commit has it."""
         with self._lock:
-            local = self._local.get(session_id)
-            if local is None:
-                local = self._local[session_id] = _Local(version=view.version, chunks=view.chunks)
-            self._local.move_to_end(session_id)
-            local.messages, local.token_ids = tuple(messages), tuple(cached)
-            local.turns, local.attributes = view.turns + 1, dict(view.attributes)
-            local.unsynced = True
-            local.seq += 1
-            synced = [sid for sid, rec in self._local.items() if not rec.unsynced]
-            for sid in synced[: max(0, len(self._local) - MAX_LOCAL_SESSIONS)]:
-                del self._local[sid]  # oldest first; a record a commit has not got yet is never dropped
+            self._local.answered(session_id, view, messages, cached)
 
     def _keep(
         self,
         session_id: str,
-        view: _View,
+        view: TurnView,
         cached: list[int],
         gen: Generation,
         stored: tuple[ChunkRef, ...],
@@ -437,18 +394,16 @@ class Worker:
 
     # -- reading the session and reusing KV ------------------------------------------------------
 
-    def _begin(self, session_id: str) -> _View:
+    def _begin(self, session_id: str) -> TurnView:
         """Begin a turn: take the session's lease and settle which history the turn continues.
 
         Raises:
             SessionBusy: another worker runs a turn of this session (its lease is live).
         """
         with self._lock:
-            local = self._local.get(session_id)
-            if local is not None:
-                self._local.move_to_end(session_id)
+            local = self._local.get(session_id, touch=True)
         if self.client is None:
-            return _local_view(local) if local is not None else _View(fault="no_store", store_ok=False)
+            return view_of_record(local) if local is not None else TurnView(fault="no_store", store_ok=False)
         lease_id = uuid.uuid4().hex
         known = local.version if local is not None else 0
         try:
@@ -466,7 +421,7 @@ class Worker:
             # The store cannot confirm the history: go on from this worker's record (or recompute).
             # The request may still take the lease once the store catches up (a stalled Redis), so
             # the turn keeps its id: the commit (or EndTurn) gives it back if it was taken.
-            view = _local_view(local) if local is not None else _View()
+            view = view_of_record(local) if local is not None else TurnView()
             view.fault, view.store_ok, view.confirmed = fault_reason(exc), False, False
             view.lease_id = lease_id
             return view
@@ -475,7 +430,7 @@ class Worker:
         view.lease_id = lease_id
         return view
 
-    def _settle(self, session_id: str, local: _Local | None, start: TurnStart) -> _View:
+    def _settle(self, session_id: str, local: LocalRecord | None, start: TurnStart) -> TurnView:
         """Which history a turn continues, given this worker's record and what BeginTurn found."""
         with self._lock:
             state = None
@@ -488,10 +443,10 @@ class Worker:
                 # is still what the user saw, so it is committed again, chunks and all.
                 local.version, local.chunks = start.version, ()
             if local is not None and choice in (Continue.LOCAL, Continue.LOCAL_RECOMMIT):
-                view = _local_view(local)
+                view = view_of_record(local)
             else:
                 if local is not None:
-                    del self._local[session_id]  # superseded (kept again after this turn's answer)
+                    self._local.drop(session_id)  # superseded (kept again after this turn's answer)
                 view = self._store_view(start)
         if choice is Continue.STORE_LOST:
             # Another worker committed on top of a turn answered here that never reached the store.
@@ -501,32 +456,12 @@ class Worker:
             view.fault = "history_lost"  # an earlier turn's lease expired uncommitted
         return view
 
-    def _store_view(self, start: TurnStart) -> _View:
-        manifest = start.manifest
-        if manifest is None:
-            return _View(version=start.version)
-        view = _View(
-            messages=manifest.messages,
-            token_ids=manifest.token_ids,
-            chunks=manifest.chunks,
-            version=manifest.version,
-            turns=manifest.turns,
-            attributes=dict(manifest.attributes),
-            new=False,
-        )
-        ns = manifest.namespace
-        if ns != self.namespace:
-            view.fault = (
-                "fingerprint_mismatch"
-                if ns.fingerprint != self.namespace.fingerprint
-                else "codec_mismatch"
-                if ns.codec_id != self.namespace.codec_id
-                else "namespace_mismatch"
-            )
-            view.token_ids, view.chunks = (), ()  # that KV is not ours to reuse
-        return view
+    def _store_view(self, start: TurnStart) -> TurnView:
+        if start.manifest is None:
+            return TurnView(version=start.version)
+        return view_of_manifest(start.manifest, self.namespace)
 
-    def _end_lease(self, session_id: str, view: _View) -> None:
+    def _end_lease(self, session_id: str, view: TurnView) -> None:
         """Give back the lease of a turn that commits nothing (cancelled, or failed before answering)."""
         self.leases.release(session_id, view.lease_id)
         if not view.lease_id or self.client is None:
@@ -544,7 +479,7 @@ class Worker:
         self.pushes.submit_nowait(end)  # once shut down, the lease expires by itself
 
     def _reuse(
-        self, session_id: str, view: _View, prompt: list[int], stats: TurnStats
+        self, session_id: str, view: TurnView, prompt: list[int], stats: TurnStats
     ) -> tuple[list[tuple[Any, Any]] | None, int, tuple[ChunkRef, ...]]:
         """Find KV for the longest prefix of ``prompt``; fills the outcome fields of ``stats``."""
         limit = len(prompt) - 1
@@ -619,7 +554,7 @@ class Worker:
     def _submit_push(
         self,
         session_id: str,
-        view: _View,
+        view: TurnView,
         token_ids: list[int],
         kv: list[tuple[Any, Any]],
         stored: tuple[ChunkRef, ...],
@@ -699,7 +634,7 @@ class _PushJob:
                 # This worker committed since the turn started (its previous push): those chunks are
                 # stored too. Otherwise ``stored`` stays as the turn found it, without the chunks a
                 # pull found missing or corrupt, so that they are pushed again.
-                stored = _merge_refs(stored, local.chunks)
+                stored = merge_refs(stored, local.chunks)
         try:
             try:
                 result = self._push(stored, version)
@@ -775,28 +710,6 @@ class _PushJob:
             holder=w.holder if self.session_id else "",
             lease_id=self.lease_id,
         )
-
-
-def _local_view(local: _Local | None) -> _View:
-    if local is None:
-        return _View()
-    return _View(
-        messages=local.messages,
-        token_ids=local.token_ids,
-        chunks=local.chunks,
-        version=local.version,
-        turns=local.turns,
-        attributes=dict(local.attributes),
-        new=not local.messages and not local.token_ids,
-        from_local=True,
-    )
-
-
-def _merge_refs(a: Sequence[ChunkRef], b: Sequence[ChunkRef]) -> tuple[ChunkRef, ...]:
-    seen = {r.key: r for r in a}
-    for r in b:
-        seen.setdefault(r.key, r)
-    return tuple(seen.values())
 
 
 def _rewind(messages: list[ChatMessage], turns: int) -> list[ChatMessage]:
