@@ -2,7 +2,8 @@
 
 The one place that launches these for the demo, the benchmarks and the tests. ``LocalRedis`` runs
 ``redis-server`` with a private temporary folder (no persistence), stops it by PID and can start it
-again on the same port. ``LocalStore`` runs the real store (``gearkv store``) as a child process
+again on the same port; ``LocalRedisCluster`` joins six of them into a 3-master / 3-replica Redis
+Cluster. ``LocalStore`` runs the real store (``gearkv store``) as a child process
 (killable and restartable on the same port), or in this process via ``serve_in_thread``,
 authenticated with fresh random tokens.
 """
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LocalRedis",
+    "LocalRedisCluster",
     "LocalStore",
     "ThreadedStore",
     "free_port",
@@ -248,6 +250,164 @@ class LocalRedis:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+        self.close()
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll ``predicate`` (Redis and socket errors count as false); TimeoutError naming ``what``."""
+    import redis as redis_py
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if predicate():
+                return
+        except (redis_py.RedisError, OSError):
+            pass
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _info_dict(raw: object) -> dict[str, str]:
+    if isinstance(raw, dict):
+        return {str(k): str(v) for k, v in raw.items()}
+    return dict(line.split(":", 1) for line in str(raw).splitlines() if ":" in line)
+
+
+class LocalRedisCluster:
+    """Six ``redis-server`` nodes on free loopback ports joined into 3 masters + 3 replicas.
+
+    ``start()`` starts the nodes (each port's bus port, port + 10000, is free too), runs
+    ``redis-cli --cluster create ... --cluster-replicas 1 --cluster-yes`` and waits until every node
+    reports ``cluster_state:ok`` and every replica's link is up (~2-3 s); on a port race or a failed
+    create it starts over (``attempts`` times). Nodes are ``LocalRedis`` objects: stop one by PID to
+    kill a master, ``start()`` it again on the same port. ``close()`` (and leaving the ``with``
+    block) kills every node and deletes their folders. ``extra_args`` go to every node.
+    """
+
+    def __init__(self, *, node_timeout_ms: int = 1000, extra_args: Sequence[str] = ()) -> None:
+        self.node_timeout_ms = node_timeout_ms
+        self.extra_args = tuple(extra_args)
+        self.nodes: list[LocalRedis] = []
+
+    def _new_node(self, extra_args: Sequence[str]) -> LocalRedis:
+        """One (not yet started) node; a subclass may hand out its own LocalRedis subclass."""
+        return LocalRedis(extra_args=extra_args)
+
+    @property
+    def url(self) -> str:
+        """Seed URL understood by the store (``redis+cluster://``); any live node works as a seed."""
+        seed = next(n for n in self.nodes if n.running)
+        return f"redis+cluster://{LOOPBACK}:{seed.port}"
+
+    @property
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        return [(LOOPBACK, n.port) for n in self.nodes]
+
+    def info(self, node: LocalRedis, section: str) -> dict[str, str]:
+        with node.client(socket_timeout=1.0, decode_responses=True) as cli:
+            return _info_dict(cli.execute_command("INFO", section))
+
+    def cluster_info(self, node: LocalRedis) -> dict[str, str]:
+        with node.client(socket_timeout=1.0, decode_responses=True) as cli:
+            return _info_dict(cli.execute_command("CLUSTER", "INFO"))
+
+    def masters(self) -> list[LocalRedis]:
+        return [n for n in self.nodes if n.running and self.info(n, "replication").get("role") == "master"]
+
+    def replicas(self) -> list[LocalRedis]:
+        return [n for n in self.nodes if n.running and self.info(n, "replication").get("role") == "slave"]
+
+    def node_id(self, node: LocalRedis) -> str:
+        """The node's cluster id (``CLUSTER MYID``)."""
+        with node.client(socket_timeout=1.0, decode_responses=True) as cli:
+            return str(cli.execute_command("CLUSTER", "MYID"))
+
+    def slot_of(self, key: bytes | str) -> int:
+        """The hash slot of ``key`` (asked of a live master)."""
+        with self.masters()[0].client(socket_timeout=1.0, decode_responses=True) as cli:
+            return int(cli.execute_command("CLUSTER", "KEYSLOT", key))
+
+    def master_for_slot(self, slot: int) -> LocalRedis:
+        """The live master serving ``slot`` right now."""
+        for node in self.masters():
+            with node.client(socket_timeout=1.0, decode_responses=True) as cli:
+                for entry in cli.execute_command("CLUSTER", "SLOTS"):
+                    lo, hi, primary = int(entry[0]), int(entry[1]), entry[2]
+                    if lo <= slot <= hi:
+                        port = int(primary[1])
+                        return next(n for n in self.nodes if n.port == port)
+        raise LookupError(f"no master serves slot {slot}")
+
+    def master_for_key(self, key: bytes | str) -> LocalRedis:
+        """The live master serving ``key``'s slot right now."""
+        return self.master_for_slot(self.slot_of(key))
+
+    def healthy(self) -> bool:
+        """cluster_state:ok on every live node, 3 masters, and every replica's link up."""
+        live = [n for n in self.nodes if n.running]
+        if any(self.cluster_info(n).get("cluster_state") != "ok" for n in live):
+            return False
+        if len(self.masters()) != 3:
+            return False
+        return all(self.info(r, "replication").get("master_link_status") == "up" for r in self.replicas())
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        _wait_until(self.healthy, timeout, "redis cluster state ok with replicas in sync")
+
+    def wait_all_ok(self, timeout: float = 30.0) -> None:
+        """Every live node reports cluster_state:ok (after a failover, before replicas re-sync)."""
+        _wait_until(
+            lambda: all(self.cluster_info(n).get("cluster_state") == "ok" for n in self.nodes if n.running),
+            timeout,
+            "cluster_state:ok on every live node",
+        )
+
+    def start(self, attempts: int = 3) -> LocalRedisCluster:
+        """Start the six nodes, create the cluster and wait until it is healthy.
+
+        Raises:
+            RuntimeError: redis-server or redis-cli is missing, or no attempt gave a healthy cluster.
+        """
+        if self.nodes:
+            return self
+        cli_exe = shutil.which("redis-cli")
+        if cli_exe is None:
+            raise RuntimeError("redis-cli is not on PATH (install Redis)")
+        extra: tuple[str, ...] = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+        extra = (*extra, "--cluster-node-timeout", str(self.node_timeout_ms), *self.extra_args)
+        last: Exception | None = None
+        for _ in range(attempts):
+            try:
+                for _ in range(6):
+                    node = self._new_node(extra)  # its port's bus port (+10000) is free too
+                    self.nodes.append(node)
+                    node.start()
+                cmd = [cli_exe, "--cluster", "create", *(f"{LOOPBACK}:{n.port}" for n in self.nodes)]
+                cmd += ["--cluster-replicas", "1", "--cluster-yes"]
+                done = subprocess.run(cmd, capture_output=True, timeout=60, check=False)
+                if done.returncode != 0:
+                    raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout[-1500:]!r}")
+                self.wait_healthy()
+                return self
+            except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as exc:
+                last = exc
+                self.close()
+        raise RuntimeError(f"could not start a redis cluster: {last}")
+
+    def close(self) -> None:
+        """Kill every node and delete its folder."""
+        nodes, self.nodes = self.nodes, []
+        for node in nodes:
+            node.close()
+
+    def __enter__(self) -> LocalRedisCluster:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
