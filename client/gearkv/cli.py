@@ -18,6 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("gearkv.worker.demo", "run the scripted multi-turn demo (local Redis, store and worker)"),
     "worker": ("gearkv.worker.cli", "serve the inference worker over gRPC"),
     "chat": ("gearkv.worker.chat", "chat interactively with a running worker"),
+    "calibrate-sharing": (
+        "gearkv.worker.calibrate",
+        "choose layers that share KV (KVSharer) for a model; writes a plan for --sharing-plan",
+    ),
     "store": ("gearkv.store.cli", "serve the KV store over gRPC (Redis or Redis Cluster backend)"),
     "bench": ("gearkv.bench.cli", "benchmarks: codec, store, resume"),
 }

@@ -372,5 +372,5 @@ def test_the_cosine_check_alone_can_reject_everything(llama: Any) -> None:
 
 
 def test_too_little_text_is_a_clear_error(llama: Any) -> None:
-    with pytest.raises(SharingPlanError, match="at least 64"):
+    with pytest.raises(SharingPlanError, match="shorter than one passage of 64"):
         calibrate_sharing(llama, WordTokenizer(), ["short"], fingerprint="tiny:0", passage_tokens=64)

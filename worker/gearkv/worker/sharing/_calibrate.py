@@ -242,7 +242,8 @@ def calibrate_sharing(
     """Choose shared layers for ``model`` with the KVSharer search and a guard on held-out text.
 
     Args:
-        texts: calibration text; cut into ``passages`` passages of ``passage_tokens`` tokens.
+        texts: calibration texts: each is cut into consecutive passages of ``passage_tokens`` tokens,
+            ``passages`` in all (pass excerpts to spread them over a long text).
         fingerprint: the model's fingerprint (:func:`gearkv.worker.fingerprint.model_fingerprint`),
             recorded in the plan: a worker only runs the plan on that model.
         max_shared: the most layers to share (the search stops there).
@@ -273,17 +274,15 @@ def calibrate_sharing(
     if passages < 1 or passage_tokens < 2 or held_out_tokens < 2:
         raise ValueError("passages >= 1, passage_tokens >= 2 and held_out_tokens >= 2 are required")
     t0 = time.perf_counter()
-    stream = [t for text in texts for t in _encode(tokenizer, text)]
-    n_pass = min(passages, len(stream) // passage_tokens)
+    windows, leftover = _passages(tokenizer, texts, passages, passage_tokens)
+    n_pass = len(windows)
     if n_pass < 1:
-        raise SharingPlanError(
-            f"calibration text has {len(stream)} tokens; at least {passage_tokens} are needed"
-        )
-    calib = torch.tensor(stream[: n_pass * passage_tokens]).view(n_pass, passage_tokens)
+        raise SharingPlanError(f"calibration text is shorter than one passage of {passage_tokens} tokens")
+    calib = torch.tensor(windows)
     rest = (
         [t for text in held_out_texts for t in _encode(tokenizer, text)]
         if held_out_texts is not None
-        else stream[n_pass * passage_tokens :]
+        else leftover
     )[:held_out_tokens]
     if len(rest) < 2:
         raise SharingPlanError(
@@ -376,6 +375,21 @@ def calibrate_sharing(
         thresholds=thresholds,
         quality=quality,
     )
+
+
+def _passages(
+    tokenizer: Any, texts: Sequence[str], count: int, tokens: int
+) -> tuple[list[list[int]], list[int]]:
+    """Up to ``count`` passages of ``tokens`` tokens (consecutive windows of each text in turn), and
+    the tokens no passage took (in order), which serve as held-out text when none is given."""
+    windows: list[list[int]] = []
+    leftover: list[int] = []
+    for text in texts:
+        ids = _encode(tokenizer, text)
+        take = min(count - len(windows), len(ids) // tokens)
+        windows += [ids[i * tokens : (i + 1) * tokens] for i in range(take)]
+        leftover += ids[take * tokens :]
+    return windows, leftover
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
