@@ -13,10 +13,13 @@ from typing import Any
 import torch
 from gearkv.worker.config import WorkerConfig
 from gearkv.worker.engine import Engine
+from gearkv.worker.fingerprint import model_fingerprint
+from gearkv.worker.hf_cache import UnsupportedSharingError
 from gearkv.worker.metrics import WorkerMetrics
 from gearkv.worker.model import LoadedModel, load_model
 from gearkv.worker.service import start_worker_server
 from gearkv.worker.sessions import PUSH_DRAIN_S, Worker
+from gearkv.worker.sharing import SharingPlanError, load_plan
 from prometheus_client import CollectorRegistry, start_http_server
 
 __all__ = ["build_worker", "connect_store", "interrupt_on_sigterm", "serve"]
@@ -41,16 +44,29 @@ def build_worker(
     registry: CollectorRegistry | None = None,
     client: Any = None,
 ) -> Worker:
-    """Load (or reuse) the model, warm it up and wire the store client and metrics."""
+    """Load (or reuse) the model, warm it up and wire the store client and metrics.
+
+    With ``cfg.session.sharing_plan`` the engine runs the model with that KVSharer plan.
+
+    Raises:
+        SharingPlanError: the plan file is unreadable or invalid, or made for another model.
+        UnsupportedSharingError: the model lacks the attention layout KV sharing needs.
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    fingerprint = None
     if engine is None:
-        engine = Engine(loaded or load_model(cfg.model, cfg.gguf_file, cfg.device, cfg.dtype))
+        plan = load_plan(cfg.session.sharing_plan) if cfg.session.sharing_plan else None
+        loaded = loaded or load_model(cfg.model, cfg.gguf_file, cfg.device, cfg.dtype)
+        if plan is not None:
+            fingerprint = model_fingerprint(loaded)
+            plan.check_model(fingerprint)  # before the model is changed
+        engine = Engine(loaded, sharing=plan)
         engine.warmup()
     if client is None:
         client = connect_store(cfg.store, cfg.token, cfg.store_timeout_s)
     metrics = WorkerMetrics(registry if registry is not None else CollectorRegistry())
-    return Worker(engine, client, cfg.session, metrics)
+    return Worker(engine, client, cfg.session, metrics, fingerprint=fingerprint)
 
 
 def interrupt_on_sigterm() -> None:
@@ -71,7 +87,11 @@ def interrupt_on_sigterm() -> None:
 def serve(cfg: WorkerConfig) -> int:
     """Run ``gearkv worker`` until SIGTERM/SIGINT; returns the exit code."""
     registry = CollectorRegistry()
-    worker = build_worker(cfg, registry=registry)
+    try:
+        worker = build_worker(cfg, registry=registry)
+    except (SharingPlanError, UnsupportedSharingError) as exc:
+        log.error("%s", exc)
+        return 1
     # Handlers before the port opens, so a SIGTERM right after it answers still drains the worker.
     # The handler only flips a flag: taking a lock in a signal handler (threading.Event.set) can
     # deadlock against the same lock held by the interrupted main thread.

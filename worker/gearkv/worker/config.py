@@ -53,6 +53,13 @@ class SessionOptions:
         env="GEARKV_SESSION_TTL_S",
         help="session TTL, seconds (0: the store's own TTL)",
     )
+    sharing_plan: str | None = option(
+        None,
+        flag="--sharing-plan",
+        env="GEARKV_SHARING_PLAN",
+        help="KVSharer plan file from `gearkv calibrate-sharing`: its shared layers reuse their owner "
+        "layers' KV, which is all that is cached and stored (unset: no sharing)",
+    )
     # Push and commit in a background thread (False: before the turn's last message; for tests).
     background_push: bool = True
     # How long a turn waits for the store to begin it (and for the prefix lookup) before it goes on

@@ -35,6 +35,7 @@ import torch
 from gearkv.worker import hf_cache
 from gearkv.worker.errors import TurnCancelled
 from gearkv.worker.model import LoadedModel
+from gearkv.worker.sharing import SharingPlan, apply_plan
 from gearkv.worker.textstream import IncrementalDetokenizer, StopMatcher
 
 __all__ = [
@@ -161,11 +162,32 @@ class Generation:
 
 
 class Engine:
-    """Runs a loaded causal LM on caches built by :mod:`gearkv.worker.hf_cache`."""
+    """Runs a loaded causal LM on caches built by :mod:`gearkv.worker.hf_cache`.
 
-    def __init__(self, loaded: LoadedModel, prefill_block: int = PREFILL_BLOCK) -> None:
+    With a ``sharing`` plan (KVSharer) the model runs with the plan's shared layers attending with
+    their owners' KV, from now on (the model is changed in place: engines on one model must agree on
+    the plan), and its caches hold only the owner layers (:attr:`kv_layers`). The caller checks that
+    the plan belongs to the model (:meth:`SharingPlan.check_model`).
+
+    Raises:
+        SharingPlanError: the plan is for another layer count.
+        UnsupportedSharingError: the model lacks the standard attention layout, or already runs
+            another plan.
+    """
+
+    def __init__(
+        self, loaded: LoadedModel, prefill_block: int = PREFILL_BLOCK, *, sharing: SharingPlan | None = None
+    ) -> None:
         self.loaded = loaded
         self.model = loaded.model
+        self.sharing = sharing
+        config = self.model.config
+        text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+        layers = int(text.num_hidden_layers)
+        if sharing is not None:
+            apply_plan(self.model, sharing)
+            layers = sharing.kv_layers
+        self.kv_layers = layers
         self.tokenizer = loaded.tokenizer
         self.device = loaded.device
         self.prefill_block = prefill_block

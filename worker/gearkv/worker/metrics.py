@@ -19,6 +19,7 @@ REASONS = frozenset(
         "chunk_missing",
         "chunk_corrupt",
         "fingerprint_mismatch",
+        "sharing_mismatch",
         "codec_mismatch",
         "namespace_mismatch",
         "prefix_diverged",

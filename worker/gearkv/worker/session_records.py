@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from gearkv.client import ChatMessage, ChunkRef, Manifest
 from gearkv.client.keys import Namespace
+from gearkv.worker.sharing._plan import SHARING_ATTRIBUTE, base_fingerprint
 from gearkv.worker.transfer import PushResult
 
 __all__ = ["LocalRecord", "SessionTable", "TurnView", "merge_refs", "view_of_manifest", "view_of_record"]
@@ -80,9 +81,14 @@ def view_of_record(local: LocalRecord | None) -> TurnView:
     )
 
 
-def view_of_manifest(manifest: Manifest, namespace: Namespace) -> TurnView:
+def view_of_manifest(manifest: Manifest, namespace: Namespace, *, sharing: str = "") -> TurnView:
     """A turn's view of the store's manifest; KV of another namespace is not reused (the fault says
-    why: another model, another codec, or another chunk size)."""
+    why: another model, another KV sharing plan, another codec, or another chunk size).
+
+    Args:
+        sharing: the digest of the KV sharing plan this worker runs ("" without one); the manifest
+            records its own (attribute ``sharing_plan``) and the namespace fingerprint carries it.
+    """
     view = TurnView(
         messages=manifest.messages,
         token_ids=manifest.token_ids,
@@ -93,10 +99,13 @@ def view_of_manifest(manifest: Manifest, namespace: Namespace) -> TurnView:
         new=False,
     )
     ns = manifest.namespace
-    if ns != namespace:
+    recorded = manifest.attributes.get(SHARING_ATTRIBUTE, "")
+    if ns != namespace or recorded != sharing:
         view.fault = (
             "fingerprint_mismatch"
-            if ns.fingerprint != namespace.fingerprint
+            if base_fingerprint(ns.fingerprint) != base_fingerprint(namespace.fingerprint)
+            else "sharing_mismatch"
+            if ns.fingerprint != namespace.fingerprint or recorded != sharing
             else "codec_mismatch"
             if ns.codec_id != namespace.codec_id
             else "namespace_mismatch"

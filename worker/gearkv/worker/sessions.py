@@ -55,6 +55,7 @@ from gearkv.worker.session_records import (
     view_of_manifest,
     view_of_record,
 )
+from gearkv.worker.sharing import SHARING_ATTRIBUTE, sharing_fingerprint
 from gearkv.worker.store_client import StoreClient
 from gearkv.worker.transfer import KVGeometry, PushResult, fault_reason, pull_prefix, push_turn
 
@@ -167,9 +168,18 @@ class Worker:
         self.options = options or SessionOptions()
         self.metrics = metrics or WorkerMetrics()
         self.codec = Codec.from_preset(self.options.codec)
-        self.fingerprint = fingerprint or model_fingerprint(engine.loaded)
+        # KV is stored under the model's fingerprint, plus the sharing plan's digest when the engine
+        # runs one (KVSharer): KV of one plan is never read under another.
+        model_fp = fingerprint or model_fingerprint(engine.loaded)
+        plan = engine.sharing
+        if plan is not None:
+            plan.check_model(model_fp)
+        self.sharing = plan.digest if plan is not None else ""
+        self.fingerprint = sharing_fingerprint(model_fp, plan)
         self.namespace = Namespace(self.fingerprint, self.codec.codec_id, self.options.chunk_size)
-        self.geometry = KVGeometry.of(engine.model.config, engine.device, engine.loaded.dtype)
+        self.geometry = KVGeometry.of(
+            engine.model.config, engine.device, engine.loaded.dtype, layers=engine.kv_layers
+        )
         self.hot = HotCache(self.options.hot_cache_bytes)
         self._local = SessionTable()  # guarded by self._lock
         self._lock = threading.Lock()
@@ -329,7 +339,7 @@ class Worker:
         stats = TurnStats(prompt_tokens=len(prompt), codec=self.codec.codec_id)
         turn.prompt_ids = prompt
         kv, reused, stored = self._reuse(session_id, view, prompt, stats)
-        cache = hf_cache.import_kv(kv, self.engine.model.config) if kv is not None else None
+        cache = hf_cache.import_kv(kv, layers=self.engine.kv_layers) if kv is not None else None
         gen: Generation = self.engine.generate(
             prompt, params, cache=cache, reused=reused if kv else 0, cancel=turn.cancelled
         )
@@ -459,7 +469,7 @@ class Worker:
     def _store_view(self, start: TurnStart) -> TurnView:
         if start.manifest is None:
             return TurnView(version=start.version)
-        return view_of_manifest(start.manifest, self.namespace)
+        return view_of_manifest(start.manifest, self.namespace, sharing=self.sharing)
 
     def _end_lease(self, session_id: str, view: TurnView) -> None:
         """Give back the lease of a turn that commits nothing (cancelled, or failed before answering)."""
@@ -577,7 +587,7 @@ class Worker:
             view.version,
             tuple(messages),
             view.turns + 1,
-            dict(view.attributes),
+            self._attributes(view),
             lease_id=view.lease_id,
             seq=seq,
         )
@@ -586,6 +596,14 @@ class Worker:
             with self._lock:
                 local.pending = future
         return future
+
+    def _attributes(self, view: TurnView) -> dict[str, str]:
+        """The manifest's attributes: the session's, and the sharing plan the KV was made with."""
+        attributes = dict(view.attributes)
+        attributes.pop(SHARING_ATTRIBUTE, None)
+        if self.sharing:
+            attributes[SHARING_ATTRIBUTE] = self.sharing
+        return attributes
 
     def _schedule_retry(self, job: _PushJob, delay: float) -> None:
         """Push ``job`` again in ``delay`` seconds, unless a newer turn of its session took over."""

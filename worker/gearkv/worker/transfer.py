@@ -51,7 +51,11 @@ class KVGeometry:
     dtype: torch.dtype
 
     @classmethod
-    def of(cls, config: Any, device: torch.device, dtype: torch.dtype) -> KVGeometry:
+    def of(
+        cls, config: Any, device: torch.device, dtype: torch.dtype, *, layers: int | None = None
+    ) -> KVGeometry:
+        """The geometry of a model with ``config``; ``layers``: the layers its cache holds (a model
+        with KV sharing stores only its owner layers), default all of them."""
         cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
         heads = getattr(cfg, "num_key_value_heads", None) or getattr(cfg, "num_attention_heads", None)
         head_dim = getattr(cfg, "head_dim", None)
@@ -61,7 +65,7 @@ class KVGeometry:
             and getattr(cfg, "num_attention_heads", None)
         ):
             head_dim = cfg.hidden_size // cfg.num_attention_heads
-        return cls(int(cfg.num_hidden_layers), heads, head_dim, device, dtype)
+        return cls(int(layers or cfg.num_hidden_layers), heads, head_dim, device, dtype)
 
     def accepts(self, info: BlobInfo, tokens: int) -> bool:
         """Whether a chunk blob holds ``tokens`` positions of KV shaped for this model."""

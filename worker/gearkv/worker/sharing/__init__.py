@@ -23,6 +23,7 @@ from gearkv.worker.sharing._calibrate import (
 from gearkv.worker.sharing._plan import (
     FORMAT,
     FORMAT_VERSION,
+    SHARING_ATTRIBUTE,
     SharingPlan,
     SharingPlanError,
     SharingPlanMismatch,
@@ -38,6 +39,7 @@ from gearkv.worker.sharing._plan import (
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "SHARING_ATTRIBUTE",
     "CalibrationEvent",
     "SharingEvaluator",
     "SharingPlan",

@@ -27,6 +27,7 @@ from typing import Any
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "SHARING_ATTRIBUTE",
     "SharingPlan",
     "SharingPlanError",
     "SharingPlanMismatch",
@@ -42,6 +43,8 @@ __all__ = [
 FORMAT = "gearkv-sharing-plan"
 FORMAT_VERSION = 1
 SHARE_TAG = ":share-"
+# The manifest attribute naming the plan a session's KV was made with (absent without one).
+SHARING_ATTRIBUTE = "sharing_plan"
 
 
 class SharingPlanError(ValueError):
