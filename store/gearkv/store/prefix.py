@@ -98,7 +98,7 @@ def _ref(c: pb.ChunkRef) -> pb.ChunkRef:
 
 
 async def match_manifest(
-    backend: Backend, tenant: str, manifest: pb.Manifest, tokens: list[int], ttl_ms: int
+    backend: Backend, tenant: str, manifest: pb.Manifest, tokens: Sequence[int], ttl_ms: int
 ) -> PrefixMatch:
     """The manifest's chunks under the common prefix that still exist, up to the first missing."""
     wanted, common = manifest_candidates(manifest, tokens)
@@ -112,7 +112,7 @@ async def match_manifest(
 
 
 async def walk_chain(
-    backend: Backend, tenant: str, ns: Namespace, tokens: list[int], base: PrefixMatch, ttl_ms: int
+    backend: Backend, tenant: str, ns: Namespace, tokens: Sequence[int], base: PrefixMatch, ttl_ms: int
 ) -> PrefixMatch:
     """Extend ``base`` along the content-addressed chain; checks only chunks past its full ones, in
     growing batches, and stops at the first missing chunk."""
@@ -152,7 +152,7 @@ async def match_prefix(
     backend: Backend,
     tenant: str,
     ns: Namespace,
-    tokens: list[int],
+    tokens: Sequence[int],
     manifest: pb.Manifest | None,
     ttl_ms: int,
 ) -> PrefixMatch:

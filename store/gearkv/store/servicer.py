@@ -232,7 +232,7 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
         validation.token_count(len(request.token_ids), "token_ids")
         if request.session_id:
             validation.session_id(request.session_id)
-        tokens = list(request.token_ids)
+        tokens = request.token_ids  # not list()ed: 30-60 ms for a million ids, on the event loop
         manifest = None
         if request.session_id:
             manifest = await self._load_manifest(tenant, request.session_id)
