@@ -1460,12 +1460,41 @@ def render(result: dict[str, Any]) -> None:
     console.print(table)
     for r in result["scenarios"]:
         console.print(f"- {r['name']}: {r['note']}", highlight=False)
-    for part in ("fuzz", "load"):
-        console.print(f"{part}: {json.dumps(result[part])[:400]}")
+    console.print(f"fuzz: {fuzz_summary(result['fuzz'])}", highlight=False)
+    console.print(f"load: {load_summary(result['load'])}", highlight=False)
     console.print(
         f"gate: {result['gate']}"
         + (f" ({'; '.join(result['gate_failures'])})" if result["gate_failures"] else "")
     )
+
+
+def fuzz_summary(fuzz: dict[str, Any]) -> str:
+    """One line of the fuzz result (the JSON has it per RPC)."""
+    if "inputs_total" not in fuzz:
+        return json.dumps(fuzz)
+    return (
+        f"{fuzz['inputs_total']:,} inputs over {len(fuzz['inputs_tried'])} RPCs in {fuzz['seconds']:.0f} s: "
+        f"{fuzz['unknown_status']} UNKNOWN, {fuzz['internal_status']} INTERNAL, {fuzz['crashes']} crashes, "
+        f"{fuzz['leaks']} leaks (atheris: {fuzz.get('atheris', '-')})"
+    )
+
+
+def load_summary(load: dict[str, Any]) -> str:
+    """One line of the load ramp (the JSON has every step)."""
+    if "sustained" not in load:
+        return json.dumps(load)
+    best, shed = load["sustained"], load.get("shedding") or {}
+    text = (
+        f"sustained {best['pushes_per_s']:.0f} pushes/s and {best['pulls_per_s']:.0f} pulls/s at p99 "
+        f"{best['p99_ms']:.0f} ms ({best['sessions']} sessions; stopped by {load.get('stopped_by', '-')})"
+    )
+    if shed:
+        text += (
+            f"; store limited to {shed['max_in_flight']} in flight: {shed['shed']} shed, admitted p99 "
+            f"{shed['p99_ms']:.0f} ms"
+        )
+    read_back = f"{load['acknowledged_turns']} turns read back: {load['lost']} lost"
+    return f"{text}; {read_back}, {load['corrupt_reads']} corrupt"
 
 
 def main(argv: Sequence[str], prog: str = "gearkv bench faults") -> int:
