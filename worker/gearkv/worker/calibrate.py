@@ -169,7 +169,7 @@ def _describe(event: Any) -> str:
         return "baseline measured"
     if event.stage == "done":
         return f"done: {event.reason}"
-    verdict = "[green]kept[/green]" if event.accepted else f"rejected ({event.reason})"
+    verdict = "kept" if event.accepted else f"rejected ({event.reason})"
     ratio = f", ppl x{event.ppl_ratio:.3f}" if event.ppl_ratio is not None else ""
     return (
         f"layer {event.layer} -> {event.owner}: cos {event.cosine:.4f}{ratio} {verdict}; "
@@ -202,7 +202,8 @@ class _progress:
 
         def tick(event: Any) -> None:
             if event.stage == "candidate":
-                console.print(f"  {_describe(event)}", highlight=False)
+                style = "green" if event.accepted else None
+                console.print(f"  {_describe(event)}", style=style, highlight=False, markup=False)
             completed = self.total if event.stage == "done" else event.evaluated + 1
             self._bar.update(task, completed=completed, description=_describe(event))
 

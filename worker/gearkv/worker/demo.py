@@ -7,6 +7,9 @@ Worker (empty hot cache, served over gRPC on a new port), so the KV of the earli
 come from the store. For every turn it shows the streamed answer, tokens reused vs prefilled, time
 to first token resumed vs a cold prefill of the same conversation (both measured), and the session's
 KV bytes raw (16-bit) vs stored. Ends with a summary table and stops everything it started.
+
+With ``--sharing-plan FILE`` (from ``gearkv calibrate-sharing``) the model runs with that KVSharer
+plan, and the table also shows the layers shared and the stored bytes they saved.
 """
 
 from __future__ import annotations
@@ -62,6 +65,9 @@ class TurnRow:
     reason: str
     source: str
     answer: str
+    shared_layers: int = 0
+    bytes_saved_raw: int = 0  # what the shared layers' KV would have added (16-bit)
+    bytes_saved_stored: int = 0  # ... stored, at the turn's own compression ratio
 
 
 def default_text_path() -> Path | None:
@@ -143,6 +149,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         action="store_true",
         help="run the store in this process instead of a child process",
     )
+    p.add_argument(
+        "--sharing-plan",
+        type=Path,
+        default=None,
+        help="KVSharer plan file from `gearkv calibrate-sharing` (the worker's --sharing-plan)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write per-turn figures to this file")
     return p
 
@@ -188,6 +200,7 @@ def _run(args: argparse.Namespace) -> int:
     from gearkv.worker.model import load_model
     from gearkv.worker.service import start_worker_server
     from gearkv.worker.sessions import Worker
+    from gearkv.worker.sharing import SharingPlanError, load_plan
     from rich.console import Console, Group
     from rich.live import Live
     from rich.panel import Panel
@@ -195,6 +208,11 @@ def _run(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     console = Console(width=None if sys.stdout.isatty() else 110)
+    try:
+        plan = load_plan(args.sharing_plan) if args.sharing_plan is not None else None
+    except SharingPlanError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
     torch.set_num_threads(args.threads or max(1, min(2, os.cpu_count() or 1)))
     passages = load_passages(args.text or default_text_path())
     script = build_script(passages, args.turns)
@@ -210,10 +228,23 @@ def _run(args: argparse.Namespace) -> int:
         console.print(f"[bold]store[/] {store.address} on {redis_url}")
         with console.status("loading the model (the first run converts the GGUF file, ~30 s)..."):
             loaded = load_model(args.model, args.gguf_file, args.device, args.dtype)
-            engine = Engine(loaded)
-            engine.warmup()
             fingerprint = model_fingerprint(loaded)
+            if plan is not None:
+                try:
+                    plan.check_model(fingerprint)
+                except SharingPlanError as exc:
+                    console.print(f"[red]{exc}[/red]")
+                    return 2
+            engine = Engine(loaded, sharing=plan)
+            engine.warmup()
         console.print(f"[bold]model[/] {loaded.name} on {loaded.device} ({loaded.dtype}); codec {args.codec}")
+        shared = plan.shared_layers if plan is not None else 0
+        if plan is not None:
+            pairs = ", ".join(f"{a}->{b}" for a, b in plan.shared) or "none"
+            console.print(
+                f"[bold]KVSharer[/] {shared} of {plan.num_layers} layers share an earlier layer's KV "
+                f"({pairs}); calibrated held-out perplexity x{plan.quality.ppl_ratio:.3f}"
+            )
         client = KVStoreClient(store.address, token=store.token)
         stack.callback(client.close)
         options = SessionOptions(codec=args.codec, chunk_size=args.chunk_size, hot_cache_bytes=0)
@@ -290,6 +321,11 @@ def _run(args: argparse.Namespace) -> int:
                 source=stats.source,
                 answer=answer,
             )
+            if shared:
+                # the same tokens' KV for the shared layers too: per layer it is the same size
+                row.shared_layers = shared
+                row.bytes_saved_raw = row.bytes_raw * shared // engine.kv_layers
+                row.bytes_saved_stored = row.bytes_stored * shared // engine.kv_layers
             rows.append(row)
             speedup = f" ({row.ttft_cold_s / row.ttft_s:.1f}x faster)" if cold and row.ttft_s else ""
             console.print(
@@ -301,20 +337,13 @@ def _run(args: argparse.Namespace) -> int:
                 + (f" · push failed: {push.error}" if push and push.error else "")
             )
 
-        table = Table(title=f"GearKV demo: {loaded.name}, codec {args.codec}, chunk {args.chunk_size} tokens")
-        for col in (
-            "turn",
-            "context",
-            "reused",
-            "prefill",
-            "outcome",
-            "TTFT",
-            "cold",
-            "gain",
-            "KV raw",
-            "stored",
-            "ratio",
-        ):
+        title = f"GearKV demo: {loaded.name}, codec {args.codec}, chunk {args.chunk_size} tokens"
+        if plan is not None:
+            title += f", {shared}/{plan.num_layers} layers shared"
+        table = Table(title=title)
+        columns = ["turn", "context", "reused", "prefill", "outcome", "TTFT", "cold", "gain"]
+        columns += ["KV raw", "stored", "ratio"] + (["saved"] if plan is not None else [])
+        for col in columns:
             table.add_column(col, justify="right", no_wrap=True)
         for r in rows:
             table.add_row(
@@ -329,8 +358,16 @@ def _run(args: argparse.Namespace) -> int:
                 f"{r.bytes_raw / (1 << 20):.1f}M",
                 f"{r.bytes_stored / (1 << 20):.1f}M",
                 f"{r.bytes_raw / r.bytes_stored:.1f}x" if r.bytes_stored else "-",
+                *([f"{r.bytes_saved_stored / (1 << 20):.1f}M"] if plan is not None else []),
             )
         console.print(table)
+        if plan is not None and rows:
+            last = rows[-1]
+            console.print(
+                f"KVSharer: {shared} shared layers kept {_mib(last.bytes_saved_raw)} raw "
+                f"({_mib(last.bytes_saved_stored)} stored) of this session's KV out of the cache and "
+                "the store (KV raw and stored above are the owner layers only)."
+            )
         if args.json is not None:
             doc = {
                 "model": loaded.name,
@@ -338,6 +375,7 @@ def _run(args: argparse.Namespace) -> int:
                 "dtype": str(loaded.dtype).removeprefix("torch."),
                 "codec": args.codec,
                 "chunk_size": args.chunk_size,
+                "sharing_plan": plan.to_json() if plan is not None else None,
                 "turns": [asdict(r) for r in rows],
             }
             args.json.write_text(json.dumps(doc, indent=2) + "\n")

@@ -306,6 +306,7 @@ def calibrate_sharing(
     owners: dict[int, int] = {}
     best = (base.ppl, 1.0, 1.0, 1.0)  # ppl, ratio, top1, cosine of the accepted map
     evaluated, stopped, last_s = 0, "pairs_exhausted", 0.0
+    tried: set[frozenset[tuple[int, int]]] = set()
     for layer, owner, _dist in ranked_pairs(distances):
         if len(owners) >= max_shared:
             stopped = "target"
@@ -319,6 +320,10 @@ def calibrate_sharing(
         new = tentative(owners, layer, owner)
         if new is None:
             continue
+        key = frozenset(new.items())
+        if key in tried:  # another pair that resolves to a map already evaluated
+            continue
+        tried.add(key)
         tc = time.perf_counter()
         evaluated += 1
         cos = ev.cosine(new)
