@@ -22,7 +22,7 @@ from gearkv.worker.sessions import PUSH_DRAIN_S, Worker
 from gearkv.worker.sharing import SharingPlanError, load_plan
 from prometheus_client import CollectorRegistry, start_http_server
 
-__all__ = ["build_worker", "connect_store", "interrupt_on_sigterm", "serve"]
+__all__ = ["build_worker", "connect_store", "interrupt_on_sigterm", "serve", "start_http_api"]
 
 log = logging.getLogger("gearkv.worker")
 
@@ -84,13 +84,43 @@ def interrupt_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, interrupt)
 
 
+def start_http_api(cfg: WorkerConfig, registry: CollectorRegistry) -> Any:
+    """The OpenAI-compatible HTTP API on ``cfg.http_port``, started (it answers 503 until a Worker is
+    attached); None when the port is not set.
+
+    Raises:
+        RuntimeError: the port cannot be bound.
+    """
+    if cfg.http_port is None:
+        return None
+    from gearkv.worker.openai_api import HttpApi
+
+    api = HttpApi(
+        cfg.host,
+        cfg.http_port,
+        keys=cfg.api_keys,
+        connect=lambda token: connect_store(cfg.store, token, cfg.store_timeout_s),
+        registry=registry,
+    )
+    api.start()
+    print(f"gearkv worker HTTP API on http://{api.address}/v1", flush=True)
+    return api
+
+
 def serve(cfg: WorkerConfig) -> int:
     """Run ``gearkv worker`` until SIGTERM/SIGINT; returns the exit code."""
     registry = CollectorRegistry()
     try:
+        http = start_http_api(cfg, registry)  # before the model loads: /health says "loading"
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
+    try:
         worker = build_worker(cfg, registry=registry)
     except (SharingPlanError, UnsupportedSharingError) as exc:
         log.error("%s", exc)
+        if http is not None:
+            http.stop(0)
         return 1
     # Handlers before the port opens, so a SIGTERM right after it answers still drains the worker.
     # The handler only flips a flag: taking a lock in a signal handler (threading.Event.set) can
@@ -102,7 +132,11 @@ def serve(cfg: WorkerConfig) -> int:
         server = start_worker_server(worker, cfg.host, cfg.port)
     except RuntimeError as exc:
         log.error("%s", exc)
+        if http is not None:
+            http.stop(0)
         return 1
+    if http is not None:
+        http.attach(worker)
     if cfg.metrics_port is not None:
         start_http_server(cfg.metrics_port, addr=cfg.host, registry=registry)
     print(f"gearkv worker listening on {server.address}", flush=True)
@@ -112,7 +146,13 @@ def serve(cfg: WorkerConfig) -> int:
     # A shutdown that outlives its budget (running turns, then pending pushes) dumps every thread's
     # stack and exits non-zero instead of hanging until someone sends SIGKILL.
     faulthandler.dump_traceback_later(cfg.grace_s + PUSH_DRAIN_S + 30, exit=True, file=sys.stderr)
+    http_stop = None
+    if http is not None:  # its turns and its tenants' pushes, alongside the gRPC server's
+        http_stop = threading.Thread(target=http.stop, args=(cfg.grace_s,), name="gearkv-http-stop")
+        http_stop.start()
     server.stop(cfg.grace_s)
+    if http_stop is not None:
+        http_stop.join()
     if worker.client is not None:
         worker.client.close()
     return 0

@@ -7,6 +7,7 @@ on WorkerConfig's and SessionOptions' fields (:mod:`gearkv.api.options`); ``--he
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -15,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from gearkv.api.options import add_dataclass_options, build
 from gearkv.api.units import parse_size
 from gearkv.cli import HelpFormatter
+from gearkv.worker.api_keys import load_api_keys
 from gearkv.worker.config import WorkerConfig
 
 __all__ = ["config_from_args", "main", "parse_size"]
@@ -37,7 +39,11 @@ def config_from_args(
     parser = _parser(prog)
     args = parser.parse_args(list(argv))
     try:
-        cfg = build(WorkerConfig, args, os.environ if env is None else env)
+        environ = os.environ if env is None else env
+        cfg = build(WorkerConfig, args, environ)
+        api_keys = load_api_keys(cfg.api_keys_file, environ)
+        if api_keys:
+            cfg = dataclasses.replace(cfg, api_keys=api_keys)
         from gearkv.codec import PRESETS
 
         if cfg.session.codec not in PRESETS:

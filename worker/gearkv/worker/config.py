@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from gearkv.api.limits import MAX_CHUNK_SIZE, MAX_LEASE_MS
 from gearkv.api.options import option, size
+from gearkv.worker.api_keys import ApiKey
 
 __all__ = ["SessionOptions", "WorkerConfig"]
 
@@ -146,6 +147,23 @@ class WorkerConfig:
     grace_s: float = option(
         5.0, flag="--grace", env="GEARKV_GRACE_S", help="graceful shutdown period, seconds"
     )
+    http_port: int | None = option(
+        None,
+        flag="--http-port",
+        env="GEARKV_WORKER_HTTP_PORT",
+        help="serve the OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models, "
+        "/health) on this port of --host (0 = any free port; unset: off)",
+    )
+    api_keys_file: str | None = option(
+        None,
+        flag="--api-keys-file",
+        env="GEARKV_API_KEYS_FILE",
+        help='HTTP API keys, JSON {"tenant": {"api_key": "...", "store_token": "..."}} (or that JSON in '
+        "GEARKV_API_KEYS): each key's requests use its tenant's store token (unset: one local tenant, "
+        "no key checked)",
+    )
+    # The parsed keys (the CLI loads them from api_keys_file or GEARKV_API_KEYS); () = one local tenant.
+    api_keys: tuple[ApiKey, ...] = ()
     session: SessionOptions = field(default_factory=SessionOptions)
     log_level: str = option(
         "INFO", flag="--log-level", env="GEARKV_LOG_LEVEL", help="DEBUG, INFO, WARNING, ERROR"
@@ -156,6 +174,8 @@ class WorkerConfig:
             raise ValueError("port must be in 0..65535")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError("metrics_port must be in 0..65535")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise ValueError("http_port must be in 0..65535")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be >= 1")
         if self.store_timeout_s <= 0 or self.grace_s < 0:
