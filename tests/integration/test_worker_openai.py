@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -224,3 +227,32 @@ def test_the_store_down_still_answers_with_the_miss_reported(serve: Callable[...
     answer, figures = ask(served.client(), [{"role": "user", "content": "Name a color."}], stream=False)
     assert answer and (figures["outcome"], figures["reason"]) == ("miss", "store_unavailable")
     assert figures["stored"] is False
+
+
+def test_gearkv_worker_serves_the_http_api_and_stops_on_sigterm(store: StoreHandle, tmp_path: Any) -> None:
+    """``gearkv worker --http-port 0``: /health says loading, then ok; a chat turn; SIGTERM exits 0."""
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"alice": {"api_key": "sk-alice", "store_token": store.tokens["alice"]}}))
+    cmd = [sys.executable, "-m", "gearkv.cli", "worker", "--store", store.address, "--port", "0"]
+    cmd += ["--http-port", "0", "--api-keys-file", str(keys), "--threads", "1", "--chunk-size", "32"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        url = ""
+        for line in proc.stdout:
+            if "HTTP API on http://" in line:
+                url = line.split("HTTP API on ", 1)[1].strip()
+            if "worker listening on" in line:
+                break
+        assert url.endswith("/v1"), url
+        with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=10) as health:
+            assert json.loads(health.read()) == {"status": "ok"}
+        client = openai.OpenAI(base_url=url, api_key="sk-alice", max_retries=0, timeout=120)
+        answer, figures = ask(client, [{"role": "user", "content": "Name a color."}], stream=True)
+        assert answer and figures["outcome"] == "miss" and figures["stored"] is True
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
