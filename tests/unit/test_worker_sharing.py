@@ -374,3 +374,19 @@ def test_the_cosine_check_alone_can_reject_everything(llama: Any) -> None:
 def test_too_little_text_is_a_clear_error(llama: Any) -> None:
     with pytest.raises(SharingPlanError, match="shorter than one passage of 64"):
         calibrate_sharing(llama, WordTokenizer(), ["short"], fingerprint="tiny:0", passage_tokens=64)
+
+
+def test_the_sharing_bench_measures_bytes_and_perplexity_per_map(llama: Any) -> None:
+    from gearkv.bench.sharing import Bench
+    from gearkv.codec import Codec
+
+    windows = [ids(40, seed=s)[0] for s in (5, 6)]
+    bench = Bench(llama, windows, prefix=24, codec=Codec.from_preset("gear4"))
+    none = bench.measure({}, "none")
+    shared = bench.measure({3: 1, 4: 1}, "random")
+    assert none.ppl_ratio == 1.0 and none.top1_agreement == 1.0
+    # 16-bit K and V of 5 layers x 2 KV heads x 16 dims per token, then of the 3 owner layers
+    assert none.bytes_per_token == 5 * 2 * 16 * 2 * 2 and shared.bytes_per_token == 3 * 2 * 16 * 2 * 2
+    assert shared.bytes_per_token_gear < none.bytes_per_token_gear < none.bytes_per_token
+    assert shared.ppl_ratio != 1.0 and shared.owners == {"3": 1, "4": 1}
+    assert hf_cache.kv_sharing(llama) is None
