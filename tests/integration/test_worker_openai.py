@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -20,12 +21,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 from gearkv.client import KVStoreClient
 from gearkv.store.local import free_port
+from gearkv.worker import demo
 from gearkv.worker.api_keys import parse_api_keys
 from gearkv.worker.config import SessionOptions
 from gearkv.worker.demo import build_script, load_passages
@@ -256,3 +259,29 @@ def test_gearkv_worker_serves_the_http_api_and_stops_on_sigterm(store: StoreHand
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+_BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+def test_the_readme_openai_example_runs(
+    serve: Callable[..., Served], capsys: pytest.CaptureFixture[str]
+) -> None:
+    (code,) = [b for b in _BLOCK.findall(README.read_text()) if "OpenAI(" in b]
+    served = serve()
+    code = code.replace("http://127.0.0.1:8000/v1", served.base_url)
+    exec(compile(code, str(README), "exec"), {"__name__": "readme_openai_example"})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("miss 0 of") and lines[1].startswith("hit ")
+
+
+def test_gearkv_demo_openai_plays_the_conversation_through_the_http_api(tmp_path: Path) -> None:
+    out = tmp_path / "demo.json"
+    args = ["--openai", "--turns", "3", "--max-new-tokens", "8", "--chunk-size", "64", "--no-cold"]
+    assert demo.main([*args, "--store-in-process", "--json", str(out)]) == 0
+    turns = json.loads(out.read_text())["turns"]
+    assert [t["outcome"] for t in turns] == ["miss", "hit", "hit"]
+    for prev, turn in itertools.pairwise(turns):
+        context = prev["prompt_tokens"] + prev["completion_tokens"] - 1
+        assert turn["tokens_reused"] >= context // 64 * 64 > 0

@@ -155,6 +155,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         default=None,
         help="KVSharer plan file from `gearkv calibrate-sharing` (the worker's --sharing-plan)",
     )
+    p.add_argument(
+        "--openai",
+        action="store_true",
+        help="drive the conversation with the openai package through each fresh worker's "
+        "OpenAI-compatible HTTP API (stateless: the whole history re-sent every turn)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write per-turn figures to this file")
     return p
 
@@ -180,6 +186,10 @@ def main(argv: Sequence[str], prog: str = "gearkv demo") -> int:
 
     interrupt_on_sigterm()
     try:
+        if args.openai:
+            from gearkv.worker.openai_demo import run
+
+            return run(args)
         return _run(args)
     except KeyboardInterrupt:
         print("interrupted; everything started was stopped", file=sys.stderr)
