@@ -25,6 +25,7 @@ from gearkv.worker.config import SessionOptions
 from gearkv.worker.engine import Engine
 from gearkv.worker.openai_api import HttpApi
 from gearkv.worker.sessions import Worker
+from jinja2 import TemplateError
 from support.fake_store import FakeStore
 from test_worker_engine import ByteTokenizer, restrict, tiny_engine
 
@@ -441,3 +442,19 @@ def test_api_keys_spec_parsing_and_the_cli(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         config_from_args(["--api-keys-file", str(tmp_path / "missing.json")], env={})
     assert exc.value.code == 2
+
+
+async def test_a_chat_template_that_refuses_the_messages_is_a_400(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    http, worker, _ = api
+
+    def refuse(messages: Any) -> list[int]:
+        raise TemplateError("Conversation roles must alternate user/assistant/user/assistant/...")
+
+    monkeypatch.setattr(worker.engine, "encode_chat", refuse)
+    reply = await call(
+        http.app, "POST", "/v1/chat/completions", chat_body([{"role": "user", "content": "x"}])
+    )
+    assert reply.status == 400 and reply.json()["error"]["param"] == "messages"
+    assert "must alternate" in reply.json()["error"]["message"]

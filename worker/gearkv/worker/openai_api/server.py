@@ -52,6 +52,7 @@ from gearkv.worker.openai_api.tenants import Tenants
 from gearkv.worker.openai_api.turns import TurnStream, await_push
 from gearkv.worker.sessions import PUSH_DRAIN_S, Turn, Worker
 from gearkv.worker.store_client import StoreClient
+from jinja2 import TemplateError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -240,7 +241,12 @@ def _build_app(api: HttpApi) -> Starlette:
         req: ChatRequest = parse_request(ChatRequest, await _read_json(request))
         api.check_model(worker, req.model)
         params, messages = req.params(), req.chat_messages()
-        prompt = await run_in_threadpool(worker.engine.encode_chat, messages)
+        try:
+            prompt = await run_in_threadpool(worker.engine.encode_chat, messages)
+        except TemplateError as exc:  # e.g. a template that insists on alternating roles
+            raise ApiError.bad_request(
+                f"the model's chat template refused the messages: {exc}", "messages"
+            ) from exc
         return await _answer(api, request, worker, prompt, params, req, t0, chat=True)
 
     async def completions(request: Request) -> Response:
