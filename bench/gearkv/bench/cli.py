@@ -10,6 +10,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "codec": ("gearkv.bench.codec", "compression ratio, error, continuation quality, throughput"),
     "store": ("gearkv.bench.store", "store throughput and latency against raw Redis"),
     "resume": ("gearkv.bench.resume", "time to first token: resume from the store vs recompute"),
+    "chat": ("gearkv.bench.chat", "stateless multi-turn chat through the OpenAI API: GearKV vs recompute"),
+    "sharing": ("gearkv.bench.sharing", "KVSharer: bytes per token with and without GEAR, perplexity ratio"),
     "faults": ("gearkv.bench.faults", "fault scenarios, fuzzing and a load ramp: one reliability report"),
     "fuzz": ("gearkv.bench.fuzz", "property-based fuzzing of every store and worker RPC"),
     "load": ("gearkv.bench.load", "sessions x turns ramped until p99 or errors pass a limit"),
