@@ -128,6 +128,8 @@ def serve(cfg: WorkerConfig) -> int:
     stopping: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
+    if http is not None:
+        http.attach(worker)  # the model is loaded: the HTTP API answers from now on
     try:
         server = start_worker_server(worker, cfg.host, cfg.port)
     except RuntimeError as exc:
@@ -135,8 +137,6 @@ def serve(cfg: WorkerConfig) -> int:
         if http is not None:
             http.stop(0)
         return 1
-    if http is not None:
-        http.attach(worker)
     if cfg.metrics_port is not None:
         start_http_server(cfg.metrics_port, addr=cfg.host, registry=registry)
     print(f"gearkv worker listening on {server.address}", flush=True)
