@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
-from gearkv.client import Manifest, Namespace, PrefixMatch, PutChunkResult, TurnStart, errors, keys
+from gearkv.client import ChunkRef, Manifest, Namespace, PrefixMatch, PutChunkResult, TurnStart, errors, keys
 
 
 @dataclass
@@ -89,7 +89,7 @@ class FakeStore:
         self._call("lookup_prefix")
         m = self.sessions.get(session_id or "")
         if m is None or m.namespace != ns:
-            return PrefixMatch((), 0, self.version(session_id or ""))
+            return self._walk_chain(ns, token_ids, self.version(session_id or ""))
         n = 0
         for a, b in zip(m.token_ids, token_ids, strict=False):
             if a != b:
@@ -104,6 +104,15 @@ class FakeStore:
                 break
             refs.append(ref)
         return PrefixMatch(tuple(refs), min(n, refs[-1].end if refs else 0), m.version)
+
+    def _walk_chain(self, ns: Namespace, token_ids: Sequence[int], version: int) -> PrefixMatch:
+        """The content-addressed chain of stored full chunks, as the store walks it without a session."""
+        refs = []
+        for span in keys.chain(ns, token_ids, include_tail=False):
+            if span.key not in self.chunks:
+                break
+            refs.append(ChunkRef(span.key, span.start, span.end, len(self.chunks[span.key]), 0))
+        return PrefixMatch(tuple(refs), refs[-1].end if refs else 0, version)
 
     def get_chunks(self, keys_: Iterable[str], *, timeout: float | None = None) -> Iterator[bytes]:
         self._call("get_chunks")

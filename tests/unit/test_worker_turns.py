@@ -166,3 +166,23 @@ def test_the_budget_bounds_a_slow_store_read(engine: Engine, store: FakeStore, w
     store.begin_turn = timed  # type: ignore[method-assign]
     run(w, "slow", [*PROMPT, *first.token_ids, 70])
     assert seen == [0.05]  # the turn's read carries the budget as its whole-call timeout
+
+
+def test_a_stateless_turn_reuses_the_previous_turns_partial_last_chunk(
+    engine: Engine, store: FakeStore, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a session only full chunks are found by a lookup; the partial chunk where the previous
+    turn's context ended (at its end-of-turn token) is probed for, so re-sent history is not
+    recomputed up to a chunk at a time."""
+    eos = 3
+    first = run(worker(engine, store, workers), "", PROMPT)  # stores PROMPT + answer[:-1]: 44 tokens
+    context = len(PROMPT) + len(first.token_ids) - 1
+    follow = [*PROMPT, *first.token_ids[:-1], eos, 70, 71]
+    monkeypatch.setattr(engine, "eos_ids", frozenset({eos}))
+    again = run(worker(engine, store, workers), "", follow)
+    assert again.stats is not None and again.stats.tokens_reused == context  # 40 full + a 4-token tail
+    monkeypatch.setattr(engine, "eos_ids", frozenset())
+    full_only = run(worker(engine, store, workers), "", [*follow[:-1], 72])
+    assert full_only.stats is not None and full_only.stats.tokens_reused == 40  # no end-of-turn: no probe
+    cold = run(worker(engine, None, workers), "", follow)
+    assert again.token_ids == cold.token_ids

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gearkv.client import ChatMessage, ChunkRef, TurnStart, errors
-from gearkv.client.keys import Namespace, is_valid_session_id
+from gearkv.client.keys import Namespace, chunk_key, is_valid_session_id
 from gearkv.codec import Codec, CodecError
 from gearkv.worker import hf_cache
 from gearkv.worker.admission import Admission
@@ -70,6 +70,8 @@ PUSH_DRAIN_S = 30.0  # how long closing a worker waits for its pending pushes
 _NOT_FAULTS = frozenset({"below_min_reuse", "no_store"})
 # Push faults worth retrying in the background: the store may come back.
 _RETRYABLE_PUSH = frozenset({"store_unavailable", "store_timeout"})
+# Partial-chunk lengths a stateless turn tries where the previous turn's context may have ended.
+TAIL_PROBES = 4
 
 
 @dataclass
@@ -512,10 +514,17 @@ class Worker:
             else:
                 stored = tuple(match.chunks)  # what exists now (a manifest may name evicted chunks)
                 n = min(match.matched_tokens, limit)
+                get_chunks: Callable[[Sequence[str]], Iterator[bytes]] = self.client.get_chunks
+                if not session_id:  # stateless: the previous turn's partial last chunk, if stored
+                    tail = self._probe_tail(prompt, stored, n, limit)
+                    if tail is not None:
+                        ref, blob = tail
+                        stored, n = (*stored, ref), ref.end
+                        get_chunks = _with_prefetched(self.client.get_chunks, ref.key, blob)
                 if n < could and not view.from_local:  # the manifest names chunks the store lost
                     reasons.append("chunk_missing")  # (a local view may just be ahead of its push)
                 if n > reused and n >= self.options.min_reuse_tokens:
-                    pulled = pull_prefix(self.client.get_chunks, match.chunks, n, self.geometry)
+                    pulled = pull_prefix(get_chunks, stored, n, self.geometry)
                     stats.bytes_pulled, stats.pull_s = pulled.bytes_pulled, pulled.pull_s
                     stats.decompress_s = pulled.decompress_s
                     self.metrics.bytes_pulled.inc(pulled.bytes_pulled)
@@ -545,6 +554,35 @@ class Worker:
             confirmed=view.confirmed,
         )
         return kv, reused, stored
+
+    def _probe_tail(
+        self, prompt: list[int], refs: Sequence[ChunkRef], matched: int, limit: int
+    ) -> tuple[ChunkRef, bytes] | None:
+        """The stored partial chunk that continues ``refs`` where an earlier turn's context ended.
+
+        A lookup follows full chunks only (a partial chunk's key depends on its length), so a stateless
+        client re-sending its history would recompute up to a chunk of it every turn. Such a context
+        ends next to an end-of-turn token of the re-sent prompt: before it when the answer ended with it
+        (its KV is never computed), one earlier when the answer was cut at max_tokens (the template
+        closes the message with it): those lengths in the next chunk are tried, longest first.
+        """
+        size = self.namespace.chunk_size
+        end = refs[-1].end if refs else 0
+        if self.client is None or matched != end or end % size or end >= limit:
+            return None
+        stops = [p for p in range(end, min(limit, end + size)) if prompt[p] in self.engine.eos_ids]
+        ends = sorted({h for p in stops for h in (p - 1, p, p + 1) if end < h <= limit and h - end < size})
+        parent = refs[-1].key if refs else ""
+        for h in reversed(ends[-TAIL_PROBES:]):
+            key = chunk_key(self.namespace, parent, end, prompt[end:h])
+            try:
+                blob = next(iter(self.client.get_chunks([key], timeout=self.options.store_read_budget_s)))
+            except errors.ChunkNotFound:
+                continue
+            except (errors.KVStoreError, StopIteration):
+                return None  # a fault is the full chunks' business, not a probe's
+            return ChunkRef(key=key, start=end, end=h, stored_bytes=len(blob), raw_bytes=0), blob
+        return None
 
     def _record(self, stats: TurnStats) -> None:
         m = self.metrics
@@ -728,6 +766,20 @@ class _PushJob:
             holder=w.holder if self.session_id else "",
             lease_id=self.lease_id,
         )
+
+
+def _with_prefetched(
+    get_chunks: Callable[..., Iterator[bytes]], key: str, blob: bytes
+) -> Callable[[Sequence[str]], Iterator[bytes]]:
+    """``get_chunks`` that serves ``key`` from ``blob`` (a chunk already downloaded by a probe)."""
+
+    def get(keys: Sequence[str]) -> Iterator[bytes]:
+        rest = [k for k in keys if k != key]
+        fetched = get_chunks(rest) if rest else iter(())
+        for k in keys:
+            yield blob if k == key else next(fetched)
+
+    return get
 
 
 def _rewind(messages: list[ChatMessage], turns: int) -> list[ChatMessage]:
