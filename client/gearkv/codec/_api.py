@@ -5,16 +5,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from . import _gear, _triton
 from ._config import FORMAT_VERSION, PRESETS, CodecConfig, codec_id_of
-from ._gear import PartGeometry, compress_part, decompress_part, part_geometry, part_sections
+from ._gear import PartGeometry, part_geometry, part_sections
 from ._wire import Section, order_sections, pack_blob, read_header, section_views
 from .errors import CorruptBlob, InvalidInput, UnsupportedConfig
 
-__all__ = ["BlobInfo", "Codec", "decode", "decode_into", "inspect"]
+__all__ = ["BACKENDS", "Backend", "BlobInfo", "Codec", "decode", "decode_into", "inspect"]
+
+Backend = Literal["auto", "torch", "triton"]
+BACKENDS: tuple[Backend, ...] = ("auto", "torch", "triton")
 
 KV = tuple[torch.Tensor, torch.Tensor]
 _DTYPES: dict[str, torch.dtype] = {
@@ -27,6 +31,24 @@ _FP16_MAX = 65504.0
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def _check_backend(backend: object) -> Backend:
+    for name in BACKENDS:
+        if backend == name:
+            return name
+    raise UnsupportedConfig(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+
+
+def _use_triton(backend: Backend, device: torch.device) -> bool:
+    """Whether a part on ``device`` runs on the Triton kernels; raises BackendUnavailable for "triton"
+    where they cannot run. "auto": CUDA tensors when triton imports, torch everywhere else."""
+    if backend == "torch":
+        return False
+    if backend == "auto":
+        return device.type == "cuda" and _triton.available()
+    _triton.require(device)
+    return True
 
 
 @dataclass(frozen=True)
@@ -49,6 +71,17 @@ class BlobInfo:
     def ratio(self) -> float:
         """Compression ratio against 16-bit KV, counting every byte of the blob."""
         return self.raw_bytes / self.stored_bytes
+
+
+@dataclass(frozen=True)
+class _Sections:
+    """A compressed chunk before serialization: the blob's header and its sections, still on the
+    input's device. ``encode`` adds only ``pack_blob`` (the copy to host and the CRC); the benchmark
+    times the device-side stages alone with ``Codec._encode_sections`` and ``_decode_sections``."""
+
+    header: dict[str, Any]
+    plan: _Plan
+    tensors: dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -90,7 +123,7 @@ def _plan(cfg: CodecConfig, layers: int, kshape: Sequence[int], vshape: Sequence
     return _Plan("quant", store_dtype, tuple(parts), layout)
 
 
-def _check_layers(layers: Sequence[KV]) -> tuple[torch.dtype, torch.Size, torch.Size]:
+def _check_layers(layers: Sequence[KV]) -> tuple[torch.dtype, torch.Size, torch.Size, torch.device]:
     if isinstance(layers, torch.Tensor) or not isinstance(layers, Sequence):
         raise InvalidInput("layers must be a sequence of (keys, values) tensor pairs")
     if len(layers) == 0:
@@ -134,7 +167,7 @@ def _check_layers(layers: Sequence[KV]) -> tuple[torch.dtype, torch.Size, torch.
             )
     if first is None:  # unreachable: layers is non-empty
         raise InvalidInput("layers is empty")
-    return first[0], first[1], first[2]
+    return first
 
 
 def _stack(tensors: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
@@ -170,26 +203,42 @@ class Codec:
         codec = Codec.from_preset("gear3")
         blob = codec.encode([(k0, v0), (k1, v1)])   # each [batch, kv_heads, tokens, head_dim]
         layers = decode(blob, device="cuda", dtype=torch.float16)
+
+    ``backend`` picks the implementation: "auto" (the Triton kernels for CUDA tensors when triton
+    imports, torch elsewhere), "torch", or "triton" (CUDA; CPU only under ``TRITON_INTERPRET=1``).
+    Either writes the same blob, and either decodes it.
+
+    Raises:
+        UnsupportedConfig: an unknown ``backend``; BackendUnavailable (a subclass) for "triton" when
+            triton does not import.
     """
 
-    def __init__(self, config: CodecConfig | None = None) -> None:
+    def __init__(self, config: CodecConfig | None = None, *, backend: Backend = "auto") -> None:
         if config is None:
             config = PRESETS["gear3"]
         if not isinstance(config, CodecConfig):
             raise UnsupportedConfig(f"config must be a CodecConfig, got {type(config).__name__}")
         self._config = config
         self._codec_id = codec_id_of(config)
+        self._backend = _check_backend(backend)
+        if self._backend == "triton":
+            _triton.require(None)
 
     @classmethod
-    def from_preset(cls, name: str) -> Codec:
-        """One of ``PRESETS``: fp16, raw, kivi2, kivi4, gear2, gear3, gear4."""
+    def from_preset(cls, name: str, backend: Backend = "auto") -> Codec:
+        """One of ``PRESETS``: fp16, raw, kivi2, kivi4, gear2, gear3, gear4 (``backend``: see the class)."""
         if name not in PRESETS:
             raise UnsupportedConfig(f"unknown codec preset {name!r}; choose one of {sorted(PRESETS)}")
-        return cls(PRESETS[name])
+        return cls(PRESETS[name], backend=backend)
 
     @property
     def config(self) -> CodecConfig:
         return self._config
+
+    @property
+    def backend(self) -> Backend:
+        """The backend asked for ("auto", "torch" or "triton"); "auto" resolves per call by device."""
+        return self._backend
 
     @property
     def codec_id(self) -> str:
@@ -197,10 +246,10 @@ class Codec:
         return self._codec_id
 
     def __repr__(self) -> str:
-        return f"Codec({self._codec_id})"
+        return f"Codec({self._codec_id}, backend={self._backend!r})"
 
     def encode(self, layers: Sequence[KV], *, start: int = 0) -> bytes:
-        """Compress every layer of one chunk.
+        """Compress every layer of one chunk into one blob.
 
         Args:
             layers: ``(keys, values)`` per layer, each [batch, kv_heads, tokens, head_dim], fp16/bf16/fp32,
@@ -210,13 +259,21 @@ class Codec:
 
         Raises:
             InvalidInput: wrong rank, mismatched shapes, empty tensors, NaN/Inf, unsupported dtype.
+            BackendUnavailable: backend "triton" with tensors its kernels cannot run on.
         """
+        chunk = self._encode_sections(layers, start)
+        return pack_blob(chunk.header, chunk.plan.layout, chunk.tensors)
+
+    def _encode_sections(self, layers: Sequence[KV], start: int = 0) -> _Sections:
+        """``encode`` up to the sections, which stay on the input's device."""
         if isinstance(start, bool) or not isinstance(start, int) or start < 0:
             raise InvalidInput(f"start must be a non-negative integer token position, got {start!r}")
         cfg = self._config
-        dtype, kshape, vshape = _check_layers(layers)
-        # Quantizing works in fp32: stack and convert in one pass per part.
-        work = dtype if cfg.mode != "quant" else torch.float32
+        dtype, kshape, vshape, device = _check_layers(layers)
+        kernels = cfg.mode == "quant" and _use_triton(self._backend, device)
+        # The torch path quantizes in fp32: stack and convert in one pass per part. The kernels read
+        # the input dtype themselves (the same values), so they get a plain stack.
+        work = dtype if cfg.mode != "quant" or kernels else torch.float32
         keys = _stack([k for k, _ in layers], work).view(-1, kshape[2], kshape[3])
         values = _stack([v for _, v in layers], work).view(-1, vshape[2], vshape[3])
         peak = max(_max_abs(keys, layers, 0), _max_abs(values, layers, 1))
@@ -239,6 +296,7 @@ class Codec:
             tensors = {"k": keys.to(store), "v": values.to(store)}
         else:
             tensors = {}
+            compress_part = _triton.compress_part if kernels else _gear.compress_part
             for part in plan.parts:
                 source = values if part.values else keys
                 tensors.update(compress_part(source[part.start : part.stop], part.geometry, store))
@@ -252,7 +310,7 @@ class Codec:
             "value_shape": list(vshape),
             "sink": sink,
         }
-        return pack_blob(header, plan.layout, tensors)
+        return _Sections(header, plan, tensors)
 
 
 def _parse(blob: bytes | bytearray | memoryview) -> tuple[BlobInfo, _Plan, int]:
@@ -300,16 +358,21 @@ def decode(
     blob: bytes | bytearray | memoryview,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    *,
+    backend: Backend = "auto",
 ) -> list[KV]:
     """Decompress a blob into ``(keys, values)`` per layer, each [batch, kv_heads, tokens, head_dim].
 
     Args:
         device: where the tensors are rebuilt (default CPU); decoding runs there.
         dtype: output dtype (default: the dtype that was encoded).
+        backend: "auto", "torch" or "triton", as for ``Codec``; any backend decodes any blob.
 
     Raises:
-        CorruptBlob, UnsupportedFormatVersion, InvalidInput (an unsupported ``dtype``).
+        CorruptBlob, UnsupportedFormatVersion, InvalidInput (an unsupported ``dtype``),
+        UnsupportedConfig / BackendUnavailable (``backend``).
     """
+    backend = _check_backend(backend)
     info, plan, start = _parse(blob)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     out_dtype = _DTYPES[info.dtype] if dtype is None else dtype
@@ -317,11 +380,17 @@ def decode(
         raise InvalidInput(f"dtype {out_dtype} unsupported; use float16, bfloat16 or float32")
     keys = torch.empty(info.num_layers, *info.key_shape, dtype=out_dtype, device=dev)
     values = torch.empty(info.num_layers, *info.value_shape, dtype=out_dtype, device=dev)
-    _fill(blob, info, plan, start, keys, values)
+    _fill(blob, info, plan, start, keys, values, backend)
     return [(keys[i], values[i]) for i in range(info.num_layers)]
 
 
-def decode_into(blob: bytes | bytearray | memoryview, keys: torch.Tensor, values: torch.Tensor) -> BlobInfo:
+def decode_into(
+    blob: bytes | bytearray | memoryview,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    *,
+    backend: Backend = "auto",
+) -> BlobInfo:
     """Decompress a blob straight into caller-owned ``keys``/``values``.
 
     Rebuilding a long cache chunk by chunk then needs no per-chunk allocation and no second copy:
@@ -332,14 +401,16 @@ def decode_into(blob: bytes | bytearray | memoryview, keys: torch.Tensor, values
     Args:
         keys, values: ``[layers, batch, kv_heads, tokens, head_dim]`` of exactly the blob's shapes,
             float16/bfloat16/float32, viewable as ``[layers * batch * kv_heads, tokens, head_dim]``.
+        backend: "auto", "torch" or "triton", as for ``Codec``.
 
     Returns:
         The blob's header.
 
     Raises:
         CorruptBlob, UnsupportedFormatVersion; InvalidInput when the outputs do not fit the blob
-        (nothing is written then).
+        (nothing is written then); UnsupportedConfig / BackendUnavailable (``backend``).
     """
+    backend = _check_backend(backend)
     info, plan, start = _parse(blob)
     for name, out, shape in (("keys", keys, info.key_shape), ("values", values, info.value_shape)):
         want = (info.num_layers, *shape)
@@ -349,7 +420,7 @@ def decode_into(blob: bytes | bytearray | memoryview, keys: torch.Tensor, values
             raise InvalidInput(f"{name} dtype {out.dtype} unsupported; use float16, bfloat16 or float32")
     if keys.device != values.device:
         raise InvalidInput(f"keys on {keys.device} and values on {values.device}: use one device")
-    _fill(blob, info, plan, start, keys, values)
+    _fill(blob, info, plan, start, keys, values, backend)
     return info
 
 
@@ -360,6 +431,7 @@ def _fill(
     start: int,
     keys: torch.Tensor,
     values: torch.Tensor,
+    backend: Backend,
 ) -> None:
     """Decode the payload into ``keys``/``values`` ``[layers, batch, kv_heads, tokens, head_dim]``."""
     n = info.num_layers * info.key_shape[0] * info.key_shape[1]
@@ -372,6 +444,27 @@ def _fill(
             "(a token range of a contiguous buffer is)"
         ) from exc
     sections = section_views(blob, start, plan.layout, keys.device)
+    _decompress(plan, sections, key_rows, value_rows, backend)
+
+
+def _decode_sections(chunk: _Sections, keys: torch.Tensor, values: torch.Tensor, backend: Backend) -> None:
+    """Decode ``Codec._encode_sections`` output (on the outputs' device) into ``keys``/``values``
+    ``[layers, batch, kv_heads, tokens, head_dim]``, contiguous: the device-side half of ``decode``."""
+    b, h, t, dk = chunk.header["key_shape"]
+    n = chunk.header["layers"] * b * h
+    key_rows, value_rows = keys.view(n, t, dk), values.view(n, t, chunk.header["value_shape"][3])
+    _decompress(chunk.plan, chunk.tensors, key_rows, value_rows, _check_backend(backend))
+
+
+def _decompress(
+    plan: _Plan,
+    sections: dict[str, torch.Tensor],
+    key_rows: torch.Tensor,
+    value_rows: torch.Tensor,
+    backend: Backend,
+) -> None:
+    kernels = plan.parts is not None and _use_triton(backend, key_rows.device)
+    decompress_part = _triton.decompress_part if kernels else _gear.decompress_part
     try:
         if plan.parts is None:
             key_rows.copy_(sections["k"])

@@ -21,7 +21,17 @@ from ._outliers import merge_outliers, split_outliers
 from ._pack import pack_bits, packed_size, unpack_bits
 from ._quant import GroupParams, dequantize_groups, quantize_groups
 
-__all__ = ["PartGeometry", "Section", "compress_part", "decompress_part", "part_geometry", "part_sections"]
+__all__ = [
+    "PartGeometry",
+    "Section",
+    "compress_part",
+    "decompress_part",
+    "dequantize_part",
+    "pad_groups",
+    "part_geometry",
+    "part_sections",
+    "rotate_body",
+]
 
 Section = tuple[str, torch.dtype, tuple[int, ...]]
 
@@ -124,6 +134,25 @@ def _valid_mask(g: PartGeometry, device: torch.device) -> torch.Tensor | None:
     return r & c
 
 
+def rotate_body(body: torch.Tensor, g: PartGeometry) -> torch.Tensor:
+    """The rotated body as the quantized matrix [N, rows, cols] fp32 (``g.rotate`` only)."""
+    h = hadamard(g.dim, body.device)
+    return h @ body.mT.float() if g.key else body.float() @ h
+
+
+def pad_groups(y: torch.Tensor, g: PartGeometry) -> torch.Tensor:
+    """``y`` [N, rows, cols] as [N, padded_rows, groups, group], padded by repeating the last column / row.
+
+    Padding must not widen any group's range; the padded copy is contiguous.
+    """
+    yp = y
+    if g.padded_cols > g.cols:
+        yp = torch.cat([y, y[:, :, -1:].expand(-1, -1, g.padded_cols - g.cols)], dim=2)
+    if g.padded_rows > g.rows:
+        yp = torch.cat([yp, yp[:, -1:].expand(-1, g.padded_rows - g.rows, -1)], dim=1)
+    return yp.reshape(g.n, g.padded_rows, g.groups, g.group)
+
+
 def compress_part(x: torch.Tensor, g: PartGeometry, hp: torch.dtype) -> dict[str, torch.Tensor]:
     """Compress one part ``x`` [N, tokens, head_dim] (any float dtype; not modified) into its sections."""
     p = g.prefix
@@ -134,17 +163,11 @@ def compress_part(x: torch.Tensor, g: PartGeometry, hp: torch.dtype) -> dict[str
         return out
     body = x[:, g.sink :]
     if g.rotate:
-        h = hadamard(g.dim, x.device)
-        y = h @ body.mT.float() if g.key else body.float() @ h  # [N, rows, cols] fp32
+        y = rotate_body(body, g)  # [N, rows, cols] fp32
     else:
         y = torch.empty(g.n, g.rows, g.cols, dtype=torch.float32, device=x.device)
         y.copy_(body.mT if g.key else body)
-    yp = y
-    if g.padded_cols > g.cols:  # replicate the last column: padding must not widen any group's range
-        yp = torch.cat([y, y[:, :, -1:].expand(-1, -1, g.padded_cols - g.cols)], dim=2)
-    if g.padded_rows > g.rows:
-        yp = torch.cat([yp, yp[:, -1:].expand(-1, g.padded_rows - g.rows, -1)], dim=1)
-    grouped = yp.view(g.n, g.padded_rows, g.groups, g.group)
+    grouped = pad_groups(y, g)
     rest = grouped
     if g.outliers:
         rest, oidx, oval = split_outliers(grouped, g.outliers, _valid_mask(g, x.device))
@@ -154,13 +177,13 @@ def compress_part(x: torch.Tensor, g: PartGeometry, hp: torch.dtype) -> dict[str
     flat = codes.view(g.n, g.rows, g.padded_cols)[:, :, : g.cols]
     out[p + "codes"] = pack_bits(flat.contiguous(), g.bits)
     if g.rank:
-        approx = _dequantize(codes, params, out.get(p + "oidx"), out.get(p + "oval"), g)
+        approx = dequantize_part(codes, params, out.get(p + "oidx"), out.get(p + "oval"), g)
         a, b = lowrank_residual(y - approx, g.rank, g.power_iters)
         out[p + "la"], out[p + "lb"] = a.to(hp), b.to(hp)
     return out
 
 
-def _dequantize(
+def dequantize_part(
     codes: torch.Tensor,
     params: GroupParams,
     oidx: torch.Tensor | None,
@@ -193,7 +216,7 @@ def decompress_part(sections: dict[str, torch.Tensor], g: PartGeometry, out: tor
         else GroupParams(pmin=sections[p + "pmin"], pscale=sections[p + "pscale"])
     )
     grouped = codes.view(g.n, g.rows, g.groups, g.group)
-    y = _dequantize(grouped, params, sections.get(p + "oidx"), sections.get(p + "oval"), g)
+    y = dequantize_part(grouped, params, sections.get(p + "oidx"), sections.get(p + "oval"), g)
     if g.rank:
         y = apply_lowrank(y, sections[p + "la"], sections[p + "lb"])
     x = y.mT if g.key else y

@@ -11,7 +11,7 @@ import torch
 
 from ._config import OUTLIER_BLOCK
 
-__all__ = ["merge_outliers", "split_outliers"]
+__all__ = ["group_centers", "merge_outliers", "split_outliers"]
 
 
 def _flat_index(offsets: torch.Tensor, rows: int, groups: int, group: int) -> torch.Tensor:
@@ -24,6 +24,27 @@ def _flat_index(offsets: torch.Tensor, rows: int, groups: int, group: int) -> to
     gi = torch.arange(groups, device=dev).view(1, 1, groups, 1)
     ni = torch.arange(n, device=dev).view(n, 1, 1, 1)
     return ((ni * rows + row) * groups + gi) * group + col
+
+
+def group_centers(x: torch.Tensor) -> torch.Tensor:
+    """Mean of each group of ``x`` [N, rows, groups, group]: [N, rows, groups, 1] fp32.
+
+    The Triton path takes these from torch too: a sum's rounding depends on its order.
+    """
+    return x.mean(dim=-1, keepdim=True)
+
+
+def _top_offsets(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Offsets of the ``k`` largest scores along the last axis (256 long), largest first; equal scores
+    are taken in offset order, so the choice is the same on every device (``topk`` leaves ties open).
+    """
+    if k == 1:
+        return score.argmax(dim=-1, keepdim=True)  # the first maximum, by its documentation
+    bits = score.view(torch.int32)
+    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).long()  # the floats' order, as integers
+    offset = torch.arange(score.shape[-1], device=score.device)
+    key = ordered * score.shape[-1] + (score.shape[-1] - 1 - offset)  # distinct: ties go by offset
+    return key.topk(k, dim=-1).indices
 
 
 def split_outliers(
@@ -43,12 +64,12 @@ def split_outliers(
     n, rows, groups, group = x.shape
     per = OUTLIER_BLOCK // group
     blocks = rows // per
-    center = x.mean(dim=-1, keepdim=True)
+    center = group_centers(x)
     score = (x - center).abs_()
     if valid is not None:
         score.masked_fill_(~valid, -1.0)
     score = score.view(n, blocks, per, groups, group).transpose(2, 3).reshape(n, blocks, groups, per * group)
-    offsets = score.topk(k, dim=-1).indices if k > 1 else score.argmax(dim=-1, keepdim=True)
+    offsets = _top_offsets(score, k)
     flat = _flat_index(offsets, rows, groups, group)
     values = x.reshape(-1)[flat]
     rest = x.clone()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["GroupParams", "dequantize_groups", "quantize_groups"]
+__all__ = ["GroupParams", "dequantize_groups", "group_params", "quantize_groups"]
 
 _LOG_RANGE = 12.0  # octaves of scale kept below a head's largest scale; smaller groups clamp up to it
 _MIN_SCALE = 2.0**-100
@@ -68,21 +68,36 @@ def _params_16(mn: torch.Tensor, mx: torch.Tensor, levels: int, dtype: torch.dty
     return GroupParams(pmin=pmin, pscale=pscale)
 
 
+def group_params(
+    mn: torch.Tensor, mx: torch.Tensor, bits: int, param_bits: int, param_dtype: torch.dtype
+) -> tuple[GroupParams, torch.Tensor, torch.Tensor]:
+    """Stored parameters of groups with minima ``mn`` and maxima ``mx`` [N, rows, groups] (fp32).
+
+    Returns:
+        ``(params, minimum, inv)``: the stored ``GroupParams`` and the fp32 minimum and 1 / scale per
+        group that codes are computed with (0 where the scale is 0, so a constant group codes as 0).
+        Shared by the torch path and the Triton kernels, which is what keeps their codes identical.
+    """
+    levels = (1 << bits) - 1
+    mn, mx = mn + 0.0, mx + 0.0  # -0.0 -> +0.0: which zero a min/max reduction returns is unspecified
+    params = _params_u8(mn, mx, levels) if param_bits == 8 else _params_16(mn, mx, levels, param_dtype)
+    minimum, scale = params.minimum_and_scale()
+    inv = torch.where(scale > 0, 1.0 / scale.clamp(min=_MIN_SCALE), torch.zeros_like(scale))
+    return params, minimum, inv
+
+
 def quantize_groups(
     x: torch.Tensor, bits: int, param_bits: int, param_dtype: torch.dtype
 ) -> tuple[torch.Tensor, GroupParams]:
     """Quantize ``x`` [N, rows, groups, group] (fp32) to uint8 codes of ``bits`` bits, one range per group.
 
+    Codes are ``round((x - minimum) / scale)`` (half to even), clamped to ``[0, 2**bits - 1]``.
+
     Returns:
         codes [N, rows, groups, group] uint8 and the stored ``GroupParams``.
     """
-    levels = (1 << bits) - 1
-    mn = x.amin(dim=-1)
-    mx = x.amax(dim=-1)
-    params = _params_u8(mn, mx, levels) if param_bits == 8 else _params_16(mn, mx, levels, param_dtype)
-    minimum, scale = params.minimum_and_scale()
-    inv = torch.where(scale > 0, 1.0 / scale.clamp(min=_MIN_SCALE), torch.zeros_like(scale))
-    codes = (x - minimum[..., None]).mul_(inv[..., None]).round_().clamp_(0, levels)
+    params, minimum, inv = group_params(x.amin(dim=-1), x.amax(dim=-1), bits, param_bits, param_dtype)
+    codes = (x - minimum[..., None]).mul_(inv[..., None]).round_().clamp_(0, (1 << bits) - 1)
     return codes.to(torch.uint8), params
 
 

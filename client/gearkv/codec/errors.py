@@ -6,6 +6,7 @@
      └── CodecError                  anything the codec rejects
           ├── InvalidInput           tensors that cannot be encoded (rank, shapes, dtype, NaN/Inf, empty)
           ├── UnsupportedConfig      a CodecConfig field outside what format v1 can store
+          │    └── BackendUnavailable    backend="triton" where its kernels cannot run
           ├── CorruptBlob            bad magic, truncated, checksum mismatch, inconsistent header
           └── UnsupportedFormatVersion   a blob written by a newer (or unknown) format version
 
@@ -18,7 +19,14 @@ from __future__ import annotations
 
 from gearkv.api.errors import GearKVError  # plain exceptions only: no grpc, protobuf or redis import
 
-__all__ = ["CodecError", "CorruptBlob", "InvalidInput", "UnsupportedConfig", "UnsupportedFormatVersion"]
+__all__ = [
+    "BackendUnavailable",
+    "CodecError",
+    "CorruptBlob",
+    "InvalidInput",
+    "UnsupportedConfig",
+    "UnsupportedFormatVersion",
+]
 
 
 class CodecError(GearKVError, ValueError):
@@ -31,6 +39,11 @@ class InvalidInput(CodecError):
 
 class UnsupportedConfig(CodecError):
     """A codec setting is outside what the wire format can store."""
+
+
+class BackendUnavailable(UnsupportedConfig):
+    """``backend="triton"`` was asked for where its kernels cannot run (no triton, or CPU tensors without
+    ``TRITON_INTERPRET=1``)."""
 
 
 class CorruptBlob(CodecError):
