@@ -90,6 +90,7 @@ class StoreInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.fairness = fairness
         self._stream_idle_s = stream_idle_s
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        metrics.in_flight.set_function(lambda: float(fairness.in_flight))
 
     @property
     def in_flight(self) -> int:

@@ -15,6 +15,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -138,6 +139,15 @@ def _int(value: Any) -> int:
     return int(value) if value is not None else 0
 
 
+@dataclass(frozen=True)
+class RedisMemory:
+    """What INFO says about Redis memory (summed over a cluster's primaries)."""
+
+    used_memory: int
+    maxmemory: int
+    evicted_keys: int
+
+
 class RedisBackend:
     """``Backend`` over standalone Redis (``redis://``, ``rediss://``) or Redis Cluster."""
 
@@ -255,6 +265,7 @@ class RedisBackend:
         ledger_keys = [tenant_redis_key(tenant, w) for w in ("ledger", "sizes", "usage")]
 
         def over_quota() -> ResourceExhausted:
+            self._metrics.quota_rejections.labels(tenant=tenant).inc()
             return ResourceExhausted(
                 f"tenant byte quota of {quota} bytes exceeded by a {stored}-byte chunk; nothing was written"
             )
@@ -408,6 +419,7 @@ class RedisBackend:
                 keys=ledger_keys, args=[_session_member(session_id), len(manifest), expires, quota]
             )
             if int(charged) < 0:
+                self._metrics.quota_rejections.labels(tenant=tenant).inc()
                 raise ResourceExhausted(
                     f"tenant byte quota of {quota} bytes exceeded by a {len(manifest)}-byte manifest "
                     "(messages and attributes count); nothing was committed"
@@ -532,6 +544,10 @@ class RedisBackend:
                 sid = name.removeprefix(_SESSION_MEMBER)
                 pipe.pttl(session_redis_key(tenant, sid) if sid != name else chunk_redis_key(tenant, name))
             pttls = await pipe.execute()
+            for name, pttl in zip(names, pttls, strict=True):
+                if int(pttl) == -2:  # gone: expired (or evicted); SETTLE releases its bytes
+                    kind = "session" if name.startswith(_SESSION_MEMBER) else "chunk"
+                    self._metrics.expired.labels(kind=kind).inc()
             args: list[Any] = [now_ms]
             for name, pttl in zip(names, pttls, strict=True):
                 args += [name, int(pttl)]
@@ -595,6 +611,82 @@ class RedisBackend:
             return _int(info.get("used_memory"))
 
         return await self._call("used_memory", run)
+
+    # -- reads for the metrics' gauges (``StoreServer.refresh_metrics``) -----------------------------
+
+    async def redis_memory(self) -> RedisMemory:
+        """INFO memory and stats of Redis (summed over the primaries of a cluster)."""
+
+        async def run() -> RedisMemory:
+            if self._cluster:
+                replies = await self._client.info(target_nodes=RedisCluster.PRIMARIES)
+                infos = (
+                    [replies]
+                    if "used_memory" in replies
+                    else [i for i in replies.values() if isinstance(i, dict)]
+                )
+            else:
+                infos = [await self._client.info()]
+            return RedisMemory(
+                used_memory=sum(_int(i.get("used_memory")) for i in infos),
+                maxmemory=sum(_int(i.get("maxmemory")) for i in infos),
+                evicted_keys=sum(_int(i.get("evicted_keys")) for i in infos),
+            )
+
+        return await self._call("metrics", run)
+
+    async def sample_chunk_memory(self, sample: int = 16, scan_budget: int = 2000) -> tuple[int, int]:
+        """(MEMORY USAGE sum, value length sum) over up to ``sample`` chunk values found by SCAN
+        (looking at no more than ``scan_budget`` keys); (0, 0) when none was found."""
+
+        async def run() -> tuple[int, int]:
+            keys: list[Any] = []
+            seen = 0
+            async for key in self._client.scan_iter(match="gkv:c:*", count=200):
+                keys.append(key)
+                seen += 1
+                if len(keys) >= sample or seen >= scan_budget:
+                    break
+            if not keys:
+                return 0, 0
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                pipe.memory_usage(key, samples=0)
+                pipe.strlen(key)
+            replies = await pipe.execute()
+            used = length = 0
+            for mem, size in zip(replies[0::2], replies[1::2], strict=True):
+                if mem and size:  # the key may have expired since the scan
+                    used, length = used + int(mem), length + int(size)
+            return used, length
+
+        return await self._call("metrics", run)
+
+    async def session_totals(self, tenant: str, limit: int = 20_000) -> tuple[int, int, int]:
+        """(sessions, raw bytes, stored bytes) summed over the tenant's live sessions' summaries (at
+        most ``limit`` sessions read; each session counts every chunk it references)."""
+        index = tenant_redis_key(tenant, "sessions")
+
+        async def run() -> tuple[int, int, int]:
+            count = raw = stored = 0
+            cursor = 0
+            while count < limit:
+                cursor, entries = await self._client.zscan(index, cursor, count=500)
+                ids = [_text(e[0]) for e in entries]
+                if ids:
+                    pipe = self._client.pipeline(transaction=False)
+                    for sid in ids:
+                        pipe.hexists(session_redis_key(tenant, sid), "m")
+                        pipe.hmget(session_redis_key(tenant, sid), ("raw", "stored"))
+                    replies = await pipe.execute()
+                    for alive, (r, st) in zip(replies[0::2], replies[1::2], strict=True):
+                        if alive:
+                            count, raw, stored = count + 1, raw + _int(r), stored + _int(st)
+                if cursor == 0:
+                    break
+            return count, raw, stored
+
+        return await self._call("metrics", run)
 
     async def ping(self) -> None:
         async def run() -> None:

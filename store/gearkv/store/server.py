@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from prometheus_client import CollectorRegistry
 log = logging.getLogger("gearkv.store")
 SERVICE_NAME = kvstore_pb2.DESCRIPTOR.services_by_name["KVStore"].full_name
 HEALTH_PROBE_S = 2.0
+METRICS_REFRESH_S = 5.0  # the live gauges (bytes held now, Redis memory) are read from Redis this often
 
 
 def add_kvstore(servicer: KVStoreServicer, server: grpc.aio.Server) -> None:
@@ -101,15 +103,19 @@ class StoreServer:
         self.interceptor = interceptor
         self._probe: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
         self._serving: bool | None = None
         self._stopped = False
 
     async def _probe_once(self) -> None:
+        started = time.perf_counter()
         try:
             await self.backend.ping()
             serving = True
+            self.metrics.redis_ping.observe(time.perf_counter() - started)
         except StoreError:
             serving = False
+        self.metrics.redis_up.set(1 if serving else 0)
         if serving != self._serving:
             self._serving = serving
             ok, down = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
@@ -122,9 +128,53 @@ class StoreServer:
                     redacted_url(self.cfg.redis_url),
                 )
 
+    @property
+    def tenants(self) -> list[str]:
+        return [t.name for t in self.cfg.tenants] if self.cfg.auth else [DEFAULT_TENANT]
+
+    async def refresh_metrics(self) -> None:
+        """Read what is held now from the backend into the live gauges (skipped while it is down)."""
+        if not self._serving:
+            return
+        m = self.metrics
+        for tenant in self.tenants:
+            try:
+                usage = await self.backend.usage(tenant)  # settles expired data first
+            except StoreError as exc:
+                log.debug("metrics refresh of tenant %s skipped: %s", tenant, exc)
+                continue
+            m.live_raw_bytes.labels(tenant=tenant).set(usage.raw_bytes)
+            m.live_stored_bytes.labels(tenant=tenant).set(usage.stored_bytes)
+            m.live_manifest_bytes.labels(tenant=tenant).set(usage.manifest_bytes)
+            m.live_chunks.labels(tenant=tenant).set(usage.chunks)
+            m.live_sessions.labels(tenant=tenant).set(usage.sessions)
+            if isinstance(self.backend, RedisBackend):
+                try:
+                    _, _, referenced = await self.backend.session_totals(tenant)
+                except StoreError:
+                    continue
+                m.dedup_saved_bytes.labels(tenant=tenant).set(max(0, referenced - usage.stored_bytes))
+        if isinstance(self.backend, RedisBackend):
+            try:
+                memory = await self.backend.redis_memory()
+                used, length = await self.backend.sample_chunk_memory()
+            except StoreError as exc:
+                log.debug("metrics refresh of Redis memory skipped: %s", exc)
+                return
+            m.redis_used_memory.set(memory.used_memory)
+            m.redis_maxmemory.set(memory.maxmemory)
+            m.redis_evicted_keys.set(memory.evicted_keys)
+            m.redis_chunk_overhead.set(used / length if length else 0.0)
+        m.refresh_timestamp.set_to_current_time()
+
+    async def _refresh(self) -> None:
+        while True:
+            await self.refresh_metrics()
+            await asyncio.sleep(METRICS_REFRESH_S)
+
     async def _sweep(self) -> None:
         """Release each tenant's bookkeeping of expired data, whether or not anyone reads stats."""
-        tenants = [t.name for t in self.cfg.tenants] if self.cfg.auth else [DEFAULT_TENANT]
+        tenants = self.tenants
         while True:
             await asyncio.sleep(self.cfg.sweep_interval_s)
             for tenant in tenants:
@@ -144,7 +194,7 @@ class StoreServer:
         if self._stopped:
             return
         self._stopped = True
-        for task in (self._probe, self._sweeper):
+        for task in (self._probe, self._sweeper, self._refresher):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -199,7 +249,8 @@ async def start_store(
         StartupError: a TLS file is missing or unreadable, or the certificate and key do not match.
     """
     creds = _credentials(cfg)
-    metrics = StoreMetrics(registry if registry is not None else CollectorRegistry())
+    tenants = [t.name for t in cfg.tenants] if cfg.auth else [DEFAULT_TENANT]
+    metrics = StoreMetrics(registry if registry is not None else CollectorRegistry(), tenants)
     if backend is None:
         backend = RedisBackend(cfg, metrics)
     interceptor = StoreInterceptor(
@@ -238,6 +289,7 @@ async def start_store(
     await store._probe_once()
     store._probe = asyncio.create_task(store._probe_backend())
     store._sweeper = asyncio.create_task(store._sweep())
+    store._refresher = asyncio.create_task(store._refresh())
     if cfg.metrics_port is not None:
         serve_metrics(metrics.registry, cfg.metrics_port, cfg.host)
     bound = f"{cfg.host}:{port}"

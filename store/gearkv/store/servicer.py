@@ -57,6 +57,7 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
             )
         )[0]:
             return
+        self._metrics.quota_rejections.labels(tenant=tenant).inc()
         raise ResourceExhausted(
             f"tenant byte quota of {quota} bytes cannot take a {nbytes}-byte chunk ({used} bytes used); "
             "nothing was read"

@@ -66,7 +66,9 @@ def build_worker(
     if client is None:
         client = connect_store(cfg.store, cfg.token, cfg.store_timeout_s)
     metrics = WorkerMetrics(registry if registry is not None else CollectorRegistry())
-    return Worker(engine, client, cfg.session, metrics, fingerprint=fingerprint)
+    worker = Worker(engine, client, cfg.session, metrics, fingerprint=fingerprint)
+    metrics.track_hot_cache(worker.hot)
+    return worker
 
 
 def interrupt_on_sigterm() -> None:

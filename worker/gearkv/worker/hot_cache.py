@@ -37,6 +37,10 @@ class HotCache:
         self._entries: OrderedDict[str, HotEntry] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        # For metrics: bytes of KV freed by evicting least recently used (idle) sessions, by device type
+        # ("cpu", "cuda"); their KV stays in the store.
+        self.evicted_bytes: dict[str, int] = {}
+        self.evictions = 0
 
     @property
     def nbytes(self) -> int:
@@ -60,7 +64,11 @@ class HotCache:
             if size > self.max_bytes:
                 return False
             while self._entries and self._bytes + size > self.max_bytes:
+                evicted = self._entries[next(iter(self._entries))]
                 self._drop(next(iter(self._entries)))
+                device = evicted.kv[0][0].device.type if evicted.kv else "cpu"
+                self.evicted_bytes[device] = self.evicted_bytes.get(device, 0) + evicted.nbytes
+                self.evictions += 1
             self._entries[session_id] = entry
             self._bytes += size
             return True
