@@ -3,7 +3,8 @@
 The one place that launches these for the demo, the benchmarks and the tests. ``LocalRedis`` runs
 ``redis-server`` with a private temporary folder (no persistence), stops it by PID and can start it
 again on the same port; ``LocalRedisCluster`` joins six of them into a 3-master / 3-replica Redis
-Cluster. ``LocalStore`` runs the real store (``gearkv store``) as a child process
+Cluster. ``LocalPrometheus`` runs Prometheus scraping given targets (the tests and ``gearkv demo
+--prometheus``). ``LocalStore`` runs the real store (``gearkv store``) as a child process
 (killable and restartable on the same port), or in this process via ``serve_in_thread``,
 authenticated with fresh random tokens.
 """
@@ -35,9 +36,11 @@ if TYPE_CHECKING:
     import redis
 
 __all__ = [
+    "LocalPrometheus",
     "LocalRedis",
     "LocalRedisCluster",
     "LocalStore",
+    "PromQLError",
     "ThreadedStore",
     "free_port",
     "health_serving",
@@ -628,3 +631,170 @@ class LocalStore:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class PromQLError(RuntimeError):
+    """Prometheus answered a query with an error (its type and message are in the text)."""
+
+
+class LocalPrometheus:
+    """``prometheus`` on 127.0.0.1 (a free port), scraping ``targets`` into a private temporary folder.
+
+    ``targets`` maps a job name to ``host:port`` addresses serving ``/metrics``; ``rule_files`` are
+    loaded (alerting and recording rules) and evaluated every ``interval_s``, which is also the scrape
+    interval. ``query`` runs an instant PromQL query through the HTTP API; ``rules`` lists every rule
+    with its health. ``close()`` (and leaving the ``with`` block) stops it and deletes its folder.
+    """
+
+    def __init__(
+        self,
+        targets: Mapping[str, Sequence[str]],
+        *,
+        rule_files: Sequence[str | Path] = (),
+        interval_s: float = 1.0,
+        executable: str | None = None,
+    ) -> None:
+        self.executable = executable or shutil.which("prometheus")
+        self.targets = {job: list(addresses) for job, addresses in targets.items()}
+        self.rule_files = [str(Path(f).resolve()) for f in rule_files]
+        self.interval_s = interval_s
+        self.port = 0
+        self.dir: Path | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def config(self) -> str:
+        """The prometheus.yml it runs with (JSON is YAML)."""
+        interval = f"{max(int(self.interval_s * 1000), 100)}ms"
+        spec = {
+            "global": {"scrape_interval": interval, "evaluation_interval": interval},
+            "rule_files": self.rule_files,
+            "scrape_configs": [
+                {"job_name": job, "static_configs": [{"targets": addresses}]}
+                for job, addresses in self.targets.items()
+            ],
+        }
+        return json.dumps(spec, indent=2)
+
+    def start(self, timeout: float = 30.0) -> LocalPrometheus:
+        """Start Prometheus and wait until it is ready.
+
+        Raises:
+            RuntimeError: prometheus is not installed or would not start.
+        """
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        if self.executable is None:
+            raise RuntimeError(
+                "prometheus is not on PATH (apt-get install prometheus; scripts/setup.sh does)"
+            )
+        self.dir = self.dir or Path(tempfile.mkdtemp(prefix="gearkv-prometheus-"))
+        (self.dir / "prometheus.yml").write_text(self.config())
+        last = ""
+        for _ in range(3):  # a port race: another process took the free port first
+            self.port = free_port()
+            cmd = [self.executable, f"--config.file={self.dir / 'prometheus.yml'}"]
+            cmd += [
+                f"--storage.tsdb.path={self.dir / 'data'}",
+                f"--web.listen-address={LOOPBACK}:{self.port}",
+            ]
+            cmd += ["--log.level=warn", "--storage.tsdb.retention.time=1d"]
+            self.proc = _spawn(cmd, self.dir / "prometheus.log", cwd=self.dir)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if self._get("/-/ready", check=False) is not None:
+                    return self
+                time.sleep(0.1)
+            last = _tail(self.dir / "prometheus.log", 2000)
+            stop_child(self.proc, kill=True)
+        raise RuntimeError(f"prometheus would not start: {last}")
+
+    def _get(self, path: str, params: Mapping[str, str] | None = None, *, check: bool = True) -> Any:
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}{query}", timeout=10) as reply:
+                body = reply.read()
+        except urllib.error.HTTPError as exc:  # 400/422: a bad query; the body says why
+            body = exc.read()
+        except OSError:
+            if check:
+                raise
+            return None
+        if path.startswith("/-/"):
+            return body
+        data = json.loads(body)
+        if data.get("status") != "success":
+            raise PromQLError(f"{data.get('errorType', 'error')}: {data.get('error', body[:300])}")
+        return data["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """An instant query at now: the result's series (``metric`` labels and ``value``).
+
+        Raises:
+            PromQLError: the expression does not parse or evaluate.
+        """
+        data = self._get("/api/v1/query", {"query": expr})
+        result: list[dict[str, Any]] = (
+            data["result"]
+            if data["resultType"] in ("vector", "matrix")
+            else [{"metric": {}, "value": data["result"]}]
+        )
+        return result
+
+    def value(self, expr: str) -> float | None:
+        """The single value of ``expr`` now (None when it returns no series)."""
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+    def label_values(self, label: str, match: str) -> list[str]:
+        return list(self._get(f"/api/v1/label/{label}/values", {"match[]": match}))
+
+    def rules(self) -> list[dict[str, Any]]:
+        """Every loaded rule with its ``health`` ("ok", "err", "unknown"), ``lastError`` and group."""
+        out = []
+        for group in self._get("/api/v1/rules")["groups"]:
+            out += [dict(rule, group=group["name"]) for rule in group["rules"]]
+        return out
+
+    def wait_until_scraped(self, timeout: float = 30.0) -> None:
+        """Wait until every target was scraped successfully at least once."""
+        expected = sum(len(a) for a in self.targets.values())
+
+        def all_up() -> bool:
+            return len(self.query("up == 1")) >= expected
+
+        deadline = time.monotonic() + timeout
+        while not all_up():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"prometheus did not scrape all {expected} targets within {timeout:.0f} s")
+            time.sleep(0.2)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return _tail(self.dir / "prometheus.log", chars) if self.dir is not None else ""
+
+    def close(self) -> None:
+        """Stop Prometheus and delete its folder."""
+        proc, self.proc = self.proc, None
+        stop_child(proc, timeout=15)
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    def __enter__(self) -> LocalPrometheus:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
