@@ -11,6 +11,7 @@ Shapes are small: the interpreter runs each kernel program in numpy.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -263,6 +264,28 @@ def test_codec_works_without_triton_installed() -> None:
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=99
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_bench_throughput_runs_on_cpu(tmp_path: Path) -> None:
+    from gearkv.bench.codec import main
+
+    out = tmp_path / "speed.json"
+    argv = ["--throughput", "--layout", "2x2x16x64", "--reps", "1", "--presets", "gear3", "kivi2", "--json"]
+    assert main([*argv, str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [(r["preset"], r["backend"]) for r in result["rows"]] == [("gear3", "torch"), ("kivi2", "torch")]
+    assert all(r["ratio"] > 3 and r["compress_gbps"] > 0 and r["decode_gbps"] > 0 for r in result["rows"])
+    assert result["bandwidth"]["copy_gbps"] > 0
+    assert any("Triton kernels were not measured" in n for n in result["notes"])
+
+
+def test_bench_on_cuda_says_when_there_is_none(capsys: pytest.CaptureFixture[str]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    from gearkv.bench.codec import main
+
+    assert main(["--device", "cuda"]) == 2
+    assert "no CUDA device is present" in capsys.readouterr().err
 
 
 @pytest.mark.gpu

@@ -4,6 +4,11 @@ Every preset (and every ablation row) is measured on the real prefix KV of the d
 windows from two domains: the 768-token prefix's KV is encoded and decoded, the next 256 tokens are
 teacher-forced on the decoded cache, and their next-token distributions are compared with the same run on
 fp16 KV (mean KL in nats/token, top-1 agreement, perplexity ratio; each with its standard error over windows).
+
+With --throughput (implied by --device cuda) it measures only speed, per preset and backend, on one chunk
+of a 7B-class layout (32 layers, 8 KV heads, head_dim 128, 256 tokens; synthetic fp16 KV): GB/s of fp16
+input for the device-side work (compress to sections, decompress from them), for the whole blob round
+trip (with the host copy and the CRC), and against the device's memory bandwidth.
 """
 
 from __future__ import annotations
@@ -12,14 +17,16 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
-from gearkv.codec import PRESETS, Codec, CodecConfig, decode, inspect
+from gearkv.codec import PRESETS, Backend, BackendUnavailable, Codec, CodecConfig, decode, inspect
+from gearkv.codec._api import _decode_sections  # the device-side half of decode, for timing alone
 
 from ._kv_eval import KV, KVEvaluator, Quality, load_windows, relative_errors
 from .progress import progress
@@ -277,6 +284,228 @@ def _print(result: dict[str, Any]) -> None:
     show("targets", ["preset", "target", "measured", "met"], checks)
 
 
+THROUGHPUT_PRESETS = ("kivi2", "kivi4", "gear2", "gear3", "gear4")
+LAYOUT_7B = "32x8x256x128"  # layers x KV heads x tokens x head_dim: one 256-token chunk of a 7B-class model
+
+
+@dataclass
+class SpeedRow:
+    preset: str
+    backend: str
+    ratio: float
+    compress_gbps: float  # GB of fp16 input per second, device-side: input tensors -> sections
+    decompress_gbps: float  # sections -> output tensors
+    encode_gbps: float  # the whole encode: -> bytes (adds the copy to host and the CRC)
+    decode_gbps: float  # bytes -> tensors on the device
+    decompress_of_bandwidth: float | None = None  # decompress GB/s / the device's memory bandwidth
+    compress_speedup: float | None = None  # against the torch backend on the same device
+    decompress_speedup: float | None = None
+
+
+def parse_layout(text: str) -> tuple[int, int, int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"layout must be LAYERSxHEADSxTOKENSxHEAD_DIM (e.g. {LAYOUT_7B}), got {text!r}")
+    layers, heads, tokens, dim = (int(p) for p in parts)
+    return layers, heads, tokens, dim
+
+
+def synthetic_chunk(layout: tuple[int, int, int, int], device: torch.device, seed: int = 0) -> KV:
+    """fp16 KV of one chunk: keys with per-channel offsets and an outlier channel, Gaussian values."""
+    layers, heads, tokens, dim = layout
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(layers):
+        offset = torch.randn(1, heads, 1, dim, generator=gen) * 3  # key channels carry offsets
+        k = torch.randn(1, heads, tokens, dim, generator=gen) + offset
+        k[..., 7] *= 8
+        v = torch.randn(1, heads, tokens, dim, generator=gen)
+        out.append((k.to(device, torch.float16), v.to(device, torch.float16)))
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _best(fn: Any, device: torch.device, reps: int) -> float:
+    """Best wall-clock seconds of ``fn()`` over ``reps`` calls after one warm-up call."""
+    fn()
+    _sync(device)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def memory_bandwidth(device: torch.device) -> dict[str, Any]:
+    """The device's memory bandwidth: a measured device copy (read + write), and the spec where known."""
+    size = (1 << 30) if device.type == "cuda" else (256 << 20)
+    src = torch.empty(size, dtype=torch.uint8, device=device).fill_(1)
+    dst = torch.empty_like(src)
+    copy_gbps = 2 * size / _best(lambda: dst.copy_(src), device, 5) / 1e9
+    out: dict[str, Any] = {"device": str(device), "copy_gbps": round(copy_gbps, 1), "peak_gbps": None}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        out["name"] = props.name
+        clock_khz = getattr(props, "memory_clock_rate", None)
+        bus_bits = getattr(props, "memory_bus_width", None)
+        if clock_khz and bus_bits:  # double data rate
+            out["peak_gbps"] = round(2 * clock_khz * 1e3 * bus_bits / 8 / 1e9, 1)
+    else:
+        out["name"] = platform.processor() or platform.machine()
+    return out
+
+
+def measure_speed(preset: str, backend: Backend, kv: KV, device: torch.device, reps: int) -> SpeedRow:
+    codec = Codec.from_preset(preset, backend=backend)
+    gb = sum(k.numel() + v.numel() for k, v in kv) * 2 / 1e9
+    start = 256  # a mid-session chunk: no sink
+    chunk = codec._encode_sections(kv, start)
+    keys = torch.empty(len(kv), *kv[0][0].shape, dtype=torch.float16, device=device)
+    values = torch.empty(len(kv), *kv[0][1].shape, dtype=torch.float16, device=device)
+    compress = _best(lambda: codec._encode_sections(kv, start), device, reps)
+    decompress = _best(lambda: _decode_sections(chunk, keys, values, backend), device, reps)
+    blob = codec.encode(kv, start=start)
+    encode = _best(lambda: codec.encode(kv, start=start), device, reps)
+    decode_s = _best(lambda: decode(blob, device, backend=backend), device, reps)
+    ratio = inspect(blob).ratio
+    return SpeedRow(preset, backend, ratio, gb / compress, gb / decompress, gb / encode, gb / decode_s)
+
+
+SPEED_HEADERS = [
+    "preset", "backend", "ratio", "compress GB/s", "decompress GB/s", "decomp / mem bw",
+    "compress vs torch", "decomp vs torch", "encode GB/s (blob)", "decode GB/s (blob)",
+]  # fmt: skip
+
+
+def speed_table_rows(rows: Sequence[SpeedRow]) -> list[list[str]]:
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f} %"
+
+    def times(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1f}x"
+
+    return [
+        [
+            r.preset, r.backend, f"{r.ratio:.2f}x", f"{r.compress_gbps:.3f}", f"{r.decompress_gbps:.3f}",
+            pct(r.decompress_of_bandwidth), times(r.compress_speedup), times(r.decompress_speedup),
+            f"{r.encode_gbps:.3f}", f"{r.decode_gbps:.3f}",
+        ]
+        for r in rows
+    ]  # fmt: skip
+
+
+def speed_markdown(result: dict[str, Any]) -> str:
+    bw = result["bandwidth"]
+    lines = [
+        f"`{result['command']}` ({result['layout']} fp16 chunk, {result['input_mb']:.1f} MB; {bw['name']}, "
+        f"memory copy {bw['copy_gbps']} GB/s, spec {bw['peak_gbps'] or 'unknown'} GB/s; "
+        f"torch {result['torch']}, triton {result['triton'] or '-'})",
+        "",
+        "| " + " | ".join(SPEED_HEADERS) + " |",
+        "|" + "---|" * len(SPEED_HEADERS),
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in speed_table_rows([SpeedRow(**r) for r in result["rows"]])]
+    return "\n".join(lines + [""] + result["notes"]) + "\n"
+
+
+def run_speed(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """--throughput: GB/s per preset and backend on one synthetic chunk of ``args.layout``."""
+    device = torch.device(args.device)
+    notes: list[str] = []
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(
+            "gearkv bench codec: no CUDA device is present (torch.cuda.is_available() is False), so no "
+            "GPU figures can be measured here. `gearkv bench codec --throughput` measures the torch "
+            "backend on this CPU.",
+            file=sys.stderr,
+        )
+        return 2
+    backends: list[Backend]
+    if args.backend == "all":
+        backends = ["torch"]
+        if device.type == "cuda":
+            backends.append("triton")
+        else:
+            notes.append("No CUDA device: the Triton kernels were not measured (they serve CUDA tensors; "
+                         "their CPU interpreter is for tests).")  # fmt: skip
+    else:
+        backends = [cast(Backend, args.backend)]
+    try:
+        for b in backends:
+            Codec.from_preset("gear3", backend=b)._encode_sections(synthetic_chunk((1, 1, 16, 64), device), 0)
+    except BackendUnavailable as exc:
+        print(f"gearkv bench codec: {exc}", file=sys.stderr)
+        return 2
+    layout = parse_layout(args.layout)
+    kv = synthetic_chunk(layout, device)
+    bandwidth = memory_bandwidth(device)
+    bw = bandwidth["peak_gbps"] or bandwidth["copy_gbps"]
+    rows: list[SpeedRow] = []
+    presets = [p for p in args.presets if PRESETS[p].mode == "quant"]
+    with progress(len(presets) * len(backends), first="measuring") as tick:
+        for name in presets:
+            base: SpeedRow | None = None
+            for b in backends:
+                row = measure_speed(name, b, kv, device, args.reps)
+                row.decompress_of_bandwidth = row.decompress_gbps / bw
+                if b == "torch":
+                    base = row
+                elif base is not None:
+                    row.compress_speedup = row.compress_gbps / base.compress_gbps
+                    row.decompress_speedup = row.decompress_gbps / base.decompress_gbps
+                rows.append(row)
+                tick(f"{name} {b}")
+    triton_version = None
+    if "triton" in backends:
+        import triton
+
+        triton_version = str(triton.__version__)
+    against = "the spec" if bandwidth["peak_gbps"] else "a measured device copy (read + write)"
+    notes.append(
+        "GB/s are of fp16 input (keys + values), best of the runs. compress / decompress: device-side, "
+        "tensors to sections and back; encode / decode: the whole blob, with the host copy and CRC. "
+        f"decomp / mem bw: decompress GB/s over {against} ({bw} GB/s)."
+    )
+    command = "gearkv bench codec " + " ".join(argv)
+    result: dict[str, Any] = {
+        "command": command.strip(),
+        "layout": args.layout,
+        "input_mb": sum(k.numel() + v.numel() for k, v in kv) * 2 / 1e6,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "bandwidth": bandwidth,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "rows": [asdict(r) for r in rows],
+        "notes": notes,
+    }
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 150))
+    table = Table(title=f"codec throughput, {args.layout} fp16 chunk on {bandwidth['name']} ({device})")
+    for i, h in enumerate(SPEED_HEADERS):
+        table.add_column(h, justify="left" if i < 2 else "right")
+    for r in speed_table_rows(rows):
+        table.add_row(*r)
+    console.print(table)
+    for note in notes:
+        console.print(note)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(speed_markdown(result))
+    return 0
+
+
 def main(argv: Sequence[str], prog: str = "gearkv bench codec") -> int:
     from gearkv.cli import HelpFormatter
 
@@ -300,15 +529,48 @@ def main(argv: Sequence[str], prog: str = "gearkv bench codec") -> int:
     parser.add_argument(
         "--threads", type=int, default=2, help="torch CPU threads (throughput is per 2 threads)"
     )
+    parser.add_argument(
+        "--throughput",
+        action="store_true",
+        help="only speed: GB/s per preset and backend on one synthetic chunk of --layout (no model)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where --throughput runs; cuda implies --throughput (default: cpu)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["all", "torch", "triton", "auto"],
+        default="all",
+        help="codec backend(s) for --throughput; all = torch, plus triton on CUDA (default: all)",
+    )
+    parser.add_argument(
+        "--layout",
+        default=LAYOUT_7B,
+        help=f"--throughput chunk, LAYERSxHEADSxTOKENSxHEAD_DIM (default: {LAYOUT_7B}, a 7B-class model)",
+    )
+    parser.add_argument("--reps", type=int, default=10, help="--throughput: timed runs per figure (best)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures to this JSON file")
     parser.add_argument("--markdown", type=Path, default=None, help="write the tables as markdown")
     args = parser.parse_args(list(argv))
-    windows = args.windows if args.windows is not None else (4 if args.quick else 8)
-    if windows < 2 or windows % 2:
-        parser.error("--windows must be an even number >= 2 (half from each domain)")
     if args.threads < 1:
         parser.error("--threads must be >= 1")
     torch.set_num_threads(args.threads)
+    if args.throughput or args.device == "cuda":
+        try:
+            parse_layout(args.layout)
+        except ValueError as exc:
+            parser.error(str(exc))
+        if args.reps < 1:
+            parser.error("--reps must be >= 1")
+        if args.presets == list(DEFAULT_PRESETS):
+            args.presets = list(THROUGHPUT_PRESETS)
+        return run_speed(args, argv)
+    windows = args.windows if args.windows is not None else (4 if args.quick else 8)
+    if windows < 2 or windows % 2:
+        parser.error("--windows must be an even number >= 2 (half from each domain)")
 
     from gearkv.worker.model import load_model
 
