@@ -20,29 +20,15 @@ import transformers
 from gearkv.worker import hf_cache
 from gearkv.worker.engine import Engine, SamplingParams
 from gearkv.worker.model import LoadedModel
+from support.tiny_models import VOCAB, common_config
 
 pytestmark = pytest.mark.filterwarnings("error::FutureWarning")
 
 torch.set_num_threads(1)
 
-VOCAB = 128
-
 
 def _common(**kw: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "vocab_size": VOCAB,
-        "hidden_size": 64,
-        "intermediate_size": 96,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 256,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "pad_token_id": 0,
-    }
-    base.update(kw)
-    return base
+    return common_config(**kw)
 
 
 CONFIGS: dict[str, Callable[[], Any]] = {

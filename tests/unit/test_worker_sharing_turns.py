@@ -23,6 +23,8 @@ from gearkv.worker.sessions import Turn, Worker
 from gearkv.worker.sharing import SharingPlan, SharingPlanMismatch, save_plan
 from support.fake_store import FakeStore
 from test_worker_engine import ByteTokenizer, no_eos
+from test_worker_turns import outcome
+from test_worker_turns import run as run_turn
 
 pytestmark = pytest.mark.filterwarnings("error::FutureWarning")
 
@@ -72,14 +74,7 @@ def worker(eng: Engine, store: FakeStore | None, made: list[Worker], hot: int = 
 
 
 def run(w: Worker, session: str, ids: list[int]) -> Turn:
-    turn = w.generate(ids, PARAMS, session_id=session).run()
-    assert turn.stats is not None
-    return turn
-
-
-def outcome(turn: Turn) -> tuple[str, str]:
-    assert turn.stats is not None
-    return turn.stats.outcome, turn.stats.reason
+    return run_turn(w, session, ids, PARAMS)
 
 
 def test_a_session_resumed_with_a_plan_is_token_exact_against_no_offloading(

@@ -51,8 +51,8 @@ def worker(engine: Engine, store: FakeStore | None, made: list[Worker], **kw: ob
     return w
 
 
-def run(w: Worker, session: str, ids: list[int]) -> Turn:
-    turn = w.generate(ids, PARAMS, session_id=session).run()
+def run(w: Worker, session: str, ids: list[int], params: SamplingParams = PARAMS) -> Turn:
+    turn = w.generate(ids, params, session_id=session).run()
     assert turn.stats is not None
     return turn
 
