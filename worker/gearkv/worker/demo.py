@@ -161,8 +161,97 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         help="drive the conversation with the openai package through each fresh worker's "
         "OpenAI-compatible HTTP API (stateless: the whole history re-sent every turn)",
     )
+    p.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="run Prometheus (the prometheus binary) beside the demo, scraping the store and the "
+        "workers; prints its URL and the queries that show the savings, and reads them back at the end",
+    )
     p.add_argument("--json", type=Path, default=None, help="write per-turn figures to this file")
     return p
+
+
+# The queries that show what the demo saves, as a user would type them in Prometheus (label: query).
+SAVINGS_QUERIES = (
+    ("KV held now, 16-bit equivalent (bytes)", "sum(max by (tenant) (gearkv_store_live_raw_bytes))"),
+    ("KV held now, stored (bytes)", "sum(max by (tenant) (gearkv_store_live_stored_bytes))"),
+    (
+        "compression ratio now",
+        "sum(max by (tenant) (gearkv_store_live_raw_bytes)) / "
+        "sum(max by (tenant) (gearkv_store_live_stored_bytes) > 0)",
+    ),
+    ("prompt tokens reused, by source", "sum by (source) (gearkv_worker_tokens_reused_total)"),
+    ("prompt tokens prefilled", "sum(gearkv_worker_tokens_prefilled_total)"),
+    (
+        "mean time to first token, resumed vs cold (s)",
+        "sum by (path) (gearkv_worker_ttft_seconds_sum) "
+        "/ sum by (path) (gearkv_worker_ttft_seconds_count > 0)",
+    ),
+)
+
+
+def _alert_rules() -> list[Path]:
+    """deploy/prometheus/alerts.yml of a source checkout (absent from an installed wheel)."""
+    path = Path(__file__).resolve().parents[3] / "deploy/prometheus/alerts.yml"
+    return [path] if path.exists() else []
+
+
+def _start_prometheus(stack: ExitStack, store_metrics: str, registry: Any, console: Any) -> Any:
+    """Serve ``registry`` on a free port and run Prometheus scraping it and the store; print how to
+    watch the savings live."""
+    from gearkv.store.local import LocalPrometheus, free_port
+    from prometheus_client import start_http_server
+
+    port = free_port()
+    http, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    stack.callback(http.shutdown)
+    targets = {"gearkv-store": [store_metrics], "gearkv-worker": [f"127.0.0.1:{port}"]}
+    with console.status("starting prometheus..."):
+        prom = stack.enter_context(LocalPrometheus(targets, rule_files=_alert_rules(), interval_s=1.0))
+    console.print(f"[bold]prometheus[/] {prom.url} (scraping the store and the workers every second)")
+    console.print("  watch the savings live, e.g. in its Graph tab:")
+    for label, query in SAVINGS_QUERIES:
+        console.print(f"  [dim]{label}:[/] {query}", soft_wrap=True, highlight=False)
+    return prom
+
+
+def _read_back(prom: Any, console: Any, timeout: float = 20.0) -> dict[str, Any]:
+    """The savings as Prometheus has them (after the store's next refresh and a scrape)."""
+    since = time.time()
+    deadline = time.monotonic() + timeout
+    refreshed = "max(gearkv_store_live_refresh_timestamp_seconds)"
+    while time.monotonic() < deadline:  # the store refreshes its live gauges every 5 s
+        last = prom.value(refreshed)
+        if last is not None and last > since:
+            break
+        time.sleep(0.5)
+    time.sleep(1.5)  # one more scrape of the workers' last counters
+    figures: dict[str, Any] = {
+        "raw_bytes": prom.value(SAVINGS_QUERIES[0][1]),
+        "stored_bytes": prom.value(SAVINGS_QUERIES[1][1]),
+        "ratio": prom.value(SAVINGS_QUERIES[2][1]),
+        "tokens_reused": {
+            r["metric"].get("source", ""): float(r["value"][1]) for r in prom.query(SAVINGS_QUERIES[3][1])
+        },
+        "tokens_prefilled": prom.value(SAVINGS_QUERIES[4][1]),
+        "mean_ttft_s": {
+            r["metric"].get("path", ""): float(r["value"][1]) for r in prom.query(SAVINGS_QUERIES[5][1])
+        },
+    }
+    raw, kept = figures["raw_bytes"] or 0.0, figures["stored_bytes"] or 0.0
+    reused = sum(figures["tokens_reused"].values())
+    ttft = figures["mean_ttft_s"]
+    console.print(f"[bold]read back from Prometheus[/] ({prom.url}):")
+    console.print(
+        f"  KV held now: {_mib(int(raw))} 16-bit equivalent, {_mib(int(kept))} stored"
+        + (f" ({raw / kept:.1f}x, {_mib(int(raw - kept))} saved)" if kept else "")
+    )
+    console.print(f"  prompt tokens: {reused:.0f} reused, {figures['tokens_prefilled'] or 0:.0f} prefilled")
+    if ttft:
+        console.print(
+            "  mean time to first token: " + ", ".join(f"{p} {v:.2f} s" for p, v in sorted(ttft.items()))
+        )
+    return figures
 
 
 def _mib(n: int) -> str:
@@ -181,6 +270,11 @@ def main(argv: Sequence[str], prog: str = "gearkv demo") -> int:
 
     if args.codec not in PRESETS:
         print(f"{prog}: --codec must be one of {sorted(PRESETS)}", file=sys.stderr)
+        return 2
+    if args.prometheus and (args.openai or args.store_in_process):
+        print(
+            f"{prog}: --prometheus runs with the store as a child process, without --openai", file=sys.stderr
+        )
         return 2
     from gearkv.worker.app import interrupt_on_sigterm
 
@@ -202,7 +296,7 @@ def _run(args: argparse.Namespace) -> int:
     from gearkv.api.v1 import worker_pb2 as wpb
     from gearkv.api.v1 import worker_pb2_grpc
     from gearkv.client import KVStoreClient
-    from gearkv.store.local import LocalRedis, LocalStore
+    from gearkv.store.local import LocalRedis, LocalStore, free_port
     from gearkv.worker.config import SessionOptions
     from gearkv.worker.engine import Engine, SamplingParams
     from gearkv.worker.fingerprint import model_fingerprint
@@ -234,8 +328,19 @@ def _run(args: argparse.Namespace) -> int:
             if not redis_url:
                 redis = stack.enter_context(LocalRedis())
                 redis_url = redis.url
-            store = stack.enter_context(LocalStore(redis_url, in_process=args.store_in_process))
+            store_metrics = f"127.0.0.1:{free_port()}" if args.prometheus else ""
+            extra = ["--metrics-port", store_metrics.rpartition(":")[2]] if args.prometheus else []
+            store = stack.enter_context(
+                LocalStore(redis_url, in_process=args.store_in_process, extra_args=extra)
+            )
         console.print(f"[bold]store[/] {store.address} on {redis_url}")
+        # One set of worker metrics for every fresh worker, so that Prometheus sees the whole session.
+        shared_metrics = WorkerMetrics() if args.prometheus else None
+        prom = (
+            _start_prometheus(stack, store_metrics, shared_metrics.registry, console)
+            if shared_metrics
+            else None
+        )
         with console.status("loading the model (the first run converts the GGUF file, ~30 s)..."):
             loaded = load_model(args.model, args.gguf_file, args.device, args.dtype)
             fingerprint = model_fingerprint(loaded)
@@ -263,7 +368,11 @@ def _run(args: argparse.Namespace) -> int:
         params = wpb.GenerationParams(max_new_tokens=args.max_new_tokens)
 
         for number, message in enumerate(script, 1):
-            worker = Worker(engine, client, options, WorkerMetrics(), fingerprint=fingerprint)
+            worker = Worker(
+                engine, client, options, shared_metrics or WorkerMetrics(), fingerprint=fingerprint
+            )
+            if shared_metrics is not None:
+                shared_metrics.track_hot_cache(worker.hot)
             server = start_worker_server(worker, "127.0.0.1", 0)
             title = f"turn {number}/{len(script)} · fresh worker {server.address} · session {session_id}"
             console.rule(title)
@@ -378,6 +487,7 @@ def _run(args: argparse.Namespace) -> int:
                 f"({_mib(last.bytes_saved_stored)} stored) of this session's KV out of the cache and "
                 "the store (KV raw and stored above are the owner layers only)."
             )
+        figures = _read_back(prom, console) if prom is not None else None
         if args.json is not None:
             doc = {
                 "model": loaded.name,
@@ -388,6 +498,8 @@ def _run(args: argparse.Namespace) -> int:
                 "sharing_plan": plan.to_json() if plan is not None else None,
                 "turns": [asdict(r) for r in rows],
             }
+            if figures is not None:
+                doc["prometheus"] = figures
             args.json.write_text(json.dumps(doc, indent=2) + "\n")
             console.print(f"wrote {args.json}")
     return 0
