@@ -114,8 +114,25 @@ def main(argv: Sequence[str], prog: str = "gearkv bench resume") -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
     parser.add_argument("--store-in-process", action="store_true", help="run the store in this process")
-    parser.add_argument("--json", type=Path, default=None, help="write the rows to this JSON file")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="write the rows to this JSON file, and the plot beside it (same name, .png)",
+    )
+    parser.add_argument(
+        "--plot-from",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="only draw the plot of an earlier run's --json file (written beside it, .png)",
+    )
     args = parser.parse_args(list(argv))
+    if args.plot_from is not None:
+        doc = json.loads(args.plot_from.read_text())
+        out = write_plot([Row(**r) for r in doc["rows"]], args.plot_from.with_suffix(".png"))
+        print(f"wrote {out}", file=sys.stderr)
+        return 0
     contexts = args.contexts or ([2048] if args.quick else list(CONTEXTS))
     repeat = args.repeat or (2 if args.quick else 3)
     if repeat < 1 or any(c < 32 for c in contexts):
@@ -141,7 +158,76 @@ def main(argv: Sequence[str], prog: str = "gearkv bench resume") -> int:
         }
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
+        print(f"wrote {write_plot(rows, args.json.with_suffix('.png'))}", file=sys.stderr)
     return 0
+
+
+def write_plot(rows: Sequence[Row], path: Path) -> Path:
+    """Draw resumed vs recomputed time to first token by context length (left) and the bytes one
+    session holds per preset at the longest context (right) into a PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    contexts = sorted({r.context_tokens for r in rows})
+    presets = list(dict.fromkeys(r.preset for r in rows))
+    fig, (ttft, held) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    recompute = {c: statistics.median(r.recompute_s for r in rows if r.context_tokens == c) for c in contexts}
+    ttft.plot(
+        contexts, [recompute[c] for c in contexts], "o-", color="black", label="recomputed (prefill all)"
+    )
+    for preset in presets:
+        mine = sorted((r.context_tokens, r.resume_s) for r in rows if r.preset == preset)
+        ttft.plot(
+            [c for c, _ in mine], [t for _, t in mine], "o--", label=f"resumed from the store, {preset}"
+        )
+    for c in contexts:
+        best = min(r.resume_s for r in rows if r.context_tokens == c)
+        ttft.annotate(
+            f"{recompute[c] / best:.0f}x",
+            (c, best),
+            textcoords="offset points",
+            xytext=(0, -14),
+            ha="center",
+            fontsize=8,
+        )
+    ttft.set_ylim(bottom=min(r.resume_s for r in rows) / 2)  # room for the speed-up labels
+    ttft.set_xscale("log", base=2)
+    ttft.set_yscale("log")
+    ttft.set_xticks(contexts, [f"{c:,}" for c in contexts])
+    ttft.set_xlabel("context (tokens)")
+    ttft.set_ylabel("time to first token (s)")
+    ttft.set_title(f"Time to first token, {NEW_TOKENS} new tokens")
+    ttft.grid(True, which="both", alpha=0.3)
+    ttft.legend(fontsize=8)
+    longest = contexts[-1]
+    at = {r.preset: r for r in rows if r.context_tokens == longest}
+    names = list(at)
+    mib = float(1 << 20)
+    raw = [at[p].bytes_raw / mib for p in names]
+    stored = [at[p].bytes_stored / mib for p in names]
+    xs = range(len(names))
+    held.bar([x - 0.2 for x in xs], raw, width=0.4, color="lightgray", label="16-bit equivalent")
+    bars = held.bar([x + 0.2 for x in xs], stored, width=0.4, color="tab:blue", label="stored")
+    for bar, preset in zip(bars, names, strict=True):
+        ratio = at[preset].bytes_raw / at[preset].bytes_stored if at[preset].bytes_stored else 0
+        held.annotate(
+            f"{ratio:.1f}x",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            textcoords="offset points",
+            xytext=(0, 2),
+            ha="center",
+            fontsize=8,
+        )
+    held.set_xticks(list(xs), names)
+    held.set_ylabel("MiB")
+    held.set_title(f"KV held per session at {longest:,} tokens")
+    held.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _run(contexts: Sequence[int], presets: Sequence[str], repeat: int, args: argparse.Namespace) -> list[Row]:
