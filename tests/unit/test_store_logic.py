@@ -612,3 +612,24 @@ async def test_health_is_not_serving_until_the_backend_first_answers() -> None:
         reply = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         await server.stop(0)
+
+
+async def test_stopping_background_loops_survives_a_lost_cancellation() -> None:
+    """A loop whose first cancellation is swallowed (as redis-py's socket timeout can) still stops
+    within a second; shutdown used to wait 20 s for it."""
+    import asyncio
+    import contextlib
+    import time
+
+    from gearkv.store.server import _cancel_all
+
+    async def stubborn() -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # taken for a timeout of its own
+            await asyncio.sleep(60)
+        await asyncio.sleep(60)
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    await _cancel_all([task])
+    assert task.cancelled() and time.monotonic() - started < 1.5

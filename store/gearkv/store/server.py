@@ -8,7 +8,6 @@ The port is bound with ``grpc.so_reuseport`` off, so a second server on the same
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import ssl
@@ -168,14 +167,14 @@ class StoreServer:
         m.refresh_timestamp.set_to_current_time()
 
     async def _refresh(self) -> None:
-        while True:
+        while not self._stopped:
             await self.refresh_metrics()
             await asyncio.sleep(METRICS_REFRESH_S)
 
     async def _sweep(self) -> None:
         """Release each tenant's bookkeeping of expired data, whether or not anyone reads stats."""
         tenants = self.tenants
-        while True:
+        while not self._stopped:
             await asyncio.sleep(self.cfg.sweep_interval_s)
             for tenant in tenants:
                 try:
@@ -185,7 +184,7 @@ class StoreServer:
 
     async def _probe_backend(self) -> None:
         """Report NOT_SERVING in health checks while Redis is unreachable."""
-        while True:
+        while not self._stopped:
             await asyncio.sleep(HEALTH_PROBE_S)
             await self._probe_once()
 
@@ -194,17 +193,31 @@ class StoreServer:
         if self._stopped:
             return
         self._stopped = True
-        for task in (self._probe, self._sweeper, self._refresher):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await _cancel_all([t for t in (self._probe, self._sweeper, self._refresher) if t is not None])
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(self.cfg.grace_s if grace is None else grace)
         await self.backend.close()
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]], attempts: int = 4, wait_s: float = 0.5) -> None:
+    """Cancel the background loops and wait for them, cancelling again if a cancellation was lost.
+
+    A cancellation that lands while redis-py's own socket timeout is cancelling the task can be taken
+    for that timeout and swallowed (the loop then sleeps on, and shutdown waited 20 s for it).
+    """
+    for _ in range(attempts):
+        pending = [t for t in tasks if not t.done()]
+        if not pending:
+            break
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=wait_s)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.debug("background task %s ended with %s", task.get_name(), type(task.exception()).__name__)
 
 
 def _read(path: str, what: str) -> bytes:
