@@ -134,14 +134,12 @@ class StoreServer:
     def tenants(self) -> list[str]:
         return [t.name for t in self.cfg.tenants] if self.cfg.auth else [DEFAULT_TENANT]
 
-    async def refresh_metrics(self) -> None:
-        """Read what is held now from the backend into the live gauges (skipped while it is down)."""
+    async def refresh_metrics(self, *, dedup: bool = True) -> None:
+        """Read what is held now from the backend into the live gauges (skipped while it is down);
+        ``dedup`` also re-reads the session summaries behind the dedup-savings gauge."""
         if not self._serving:
             return
         m = self.metrics
-        dedup_due = time.monotonic() - self._dedup_at >= DEDUP_REFRESH_S
-        if dedup_due:
-            self._dedup_at = time.monotonic()
         for tenant in self.tenants:
             try:
                 usage = await self.backend.usage(tenant)  # settles expired data first
@@ -153,7 +151,7 @@ class StoreServer:
             m.live_manifest_bytes.labels(tenant=tenant).set(usage.manifest_bytes)
             m.live_chunks.labels(tenant=tenant).set(usage.chunks)
             m.live_sessions.labels(tenant=tenant).set(usage.sessions)
-            if isinstance(self.backend, RedisBackend) and dedup_due:
+            if isinstance(self.backend, RedisBackend) and dedup:
                 try:
                     _, _, referenced = await self.backend.session_totals(tenant)
                 except StoreError:
@@ -174,7 +172,10 @@ class StoreServer:
 
     async def _refresh(self) -> None:
         while not self._stopped:
-            await self.refresh_metrics()
+            dedup = time.monotonic() - self._dedup_at >= DEDUP_REFRESH_S
+            if dedup:
+                self._dedup_at = time.monotonic()
+            await self.refresh_metrics(dedup=dedup)
             await asyncio.sleep(METRICS_REFRESH_S)
 
     async def _sweep(self) -> None:
