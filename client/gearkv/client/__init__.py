@@ -22,9 +22,9 @@ which would hide the other parts), so the version lives here.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
+from gearkv.api.version import package_version
 from gearkv.client import errors, keys
 from gearkv.client._models import (
     ChatMessage,
@@ -39,10 +39,7 @@ from gearkv.client._models import (
 )
 from gearkv.client._retry import ExponentialJitterBackoff, RetryPolicy
 
-try:
-    __version__ = importlib.metadata.version("gearkv")
-except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree, not installed
-    __version__ = "0+unknown"
+__version__ = package_version()
 
 if TYPE_CHECKING:
     from gearkv.client._async import AsyncKVStoreClient

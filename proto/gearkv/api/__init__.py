@@ -11,6 +11,8 @@
     gearkv.api.records   plain records of API data (SessionSummary)
     gearkv.api.backoff   ExponentialJitterBackoff: pure retry backoff math (SDK and store)
     gearkv.api.units     parse_size / format_size: byte sizes such as 512MiB in flags (every CLI)
+    gearkv.api.options   config dataclass fields -> argparse options with GEARKV_* variables (every CLI)
+    gearkv.api.version   package_version(): the installed gearkv version (SDK, metrics' build info)
 
 Imports run one way: the SDK (``gearkv.client``), the store (``gearkv.store``) and the codec's error
 root import this package; it imports none of them, and the store never imports the SDK. Nothing is

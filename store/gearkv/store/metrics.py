@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Iterable
-from importlib import metadata
 
 import grpc
+from gearkv.api.version import package_version
 from gearkv.store.chunk_format import FORMAT_VERSION
 from prometheus_client import (
     REGISTRY,
@@ -42,7 +42,6 @@ __all__ = [
     "REDIS_ERROR_KINDS",
     "StoreMetrics",
     "add_standard_collectors",
-    "package_version",
     "serve_metrics",
 ]
 
@@ -104,13 +103,6 @@ REDIS_ERROR_KINDS = ("timeout", "connection", "cluster", "failover", "oom", "oth
 LOOKUP_OUTCOMES = ("hit", "partial", "miss")
 LOOKUP_REASONS = ("none", "namespace_mismatch", "chunk_missing", "not_stored")
 EXPIRED_KINDS = ("chunk", "session")
-
-
-def package_version() -> str:
-    try:
-        return metadata.version("gearkv")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def add_standard_collectors(registry: CollectorRegistry) -> None:

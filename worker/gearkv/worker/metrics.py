@@ -9,9 +9,9 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterator
-from importlib import metadata
 from typing import TYPE_CHECKING
 
+from gearkv.api.version import package_version
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
@@ -110,7 +110,7 @@ class WorkerMetrics:
         )
         self.build.info(
             {
-                "version": _package_version(),
+                "version": package_version(),
                 "codec_format_version": str(FORMAT_VERSION),
                 "torch": _torch_version(),
             }
@@ -201,13 +201,6 @@ class WorkerMetrics:
 
     def fault(self, reason: str) -> None:
         self.faults.labels(reason=bounded_reason(reason)).inc()
-
-
-def _package_version() -> str:
-    try:
-        return metadata.version("gearkv")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _torch_version() -> str:
