@@ -15,6 +15,15 @@ own, so that no run reuses the follow-up a previous one committed). Figures, med
 
 Targets on a 2-core CPU: resume >= 10x faster than recompute at 2k tokens, and overhead <= 1.5x
 the floor. Starts its own redis-server and store (or uses ``--redis-url``) and stops them after.
+
+On loopback bytes cost nothing to move, so fp16 resumes about as fast as gear4. ``--link-gbps
+1,10,25`` shows where compression pays: the fresh worker then also resumes through a local
+bandwidth-shaping proxy (``gearkv.bench.shaped_link``, each direction held to that many Gbit/s) in
+front of the store, at each speed (the committing worker stays on loopback), and each row carries
+its ``link_gbps`` (None: loopback, no proxy) and ``link_bytes`` (bytes that crossed the link from the
+store per resume). The repeats go round the link speeds in turn, so that all see the same machine
+load. The proxy is Python: it forwards ~9 Gbit/s at most on a 2-core machine, so faster links are
+capped there.
 """
 
 from __future__ import annotations
@@ -56,6 +65,10 @@ class Row:
     bytes_raw: int
     bytes_stored: int
     ratio: float
+    # With --link-gbps: the link the resume went through (None: loopback, no proxy) and the bytes
+    # that crossed it from the store per resume (median; 0 without a link).
+    link_gbps: float | None = None
+    link_bytes: int = 0
 
 
 def _median(fn: Callable[[], float], repeat: int) -> float:
@@ -90,6 +103,31 @@ def _followups(ids: Sequence[int], count: int, avoid: int) -> list[list[int]]:
     raise RuntimeError(f"the text has too few distinct follow-ups for {count} repeats")
 
 
+def _gbps_list(text: str) -> list[float]:
+    """``--link-gbps``: comma-separated positive link speeds in Gbit/s, e.g. ``1,10,25``."""
+    try:
+        speeds = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+    if not speeds or not all(0 < g < float("inf") for g in speeds):
+        raise argparse.ArgumentTypeError(f"link speeds must be positive numbers of Gbit/s: {text!r}")
+    return sorted(set(speeds))
+
+
+def _check_presets(names: Sequence[str]) -> list[str]:
+    """The presets the worker cannot build, each with the codec's reason (the worker's own lookup,
+    ``Codec.from_preset``, decides, so any preset the codec knows is accepted)."""
+    from gearkv.codec import Codec, CodecError
+
+    bad = []
+    for name in names:
+        try:
+            Codec.from_preset(name)
+        except CodecError as err:
+            bad.append(f"{name}: {err}")
+    return bad
+
+
 def main(argv: Sequence[str], prog: str = "gearkv bench resume") -> int:
     from gearkv.cli import HelpFormatter
 
@@ -103,7 +141,21 @@ def main(argv: Sequence[str], prog: str = "gearkv bench resume") -> int:
         metavar="TOKENS",
         help=f"context lengths (default: {' '.join(map(str, CONTEXTS))}, with --quick 2048)",
     )
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS), metavar="PRESET", help="codec presets")
+    parser.add_argument(
+        "--presets",
+        nargs="+",
+        default=list(PRESETS),
+        metavar="PRESET",
+        help=f"codec presets, any the codec knows (default: {' '.join(PRESETS)})",
+    )
+    parser.add_argument(
+        "--link-gbps",
+        type=_gbps_list,
+        default=None,
+        metavar="LIST",
+        help="also resume through a link shaped to each of these speeds in Gbit/s, e.g. 1,10,25 "
+        "(default: loopback only)",
+    )
     parser.add_argument(
         "--repeat",
         type=int,
@@ -137,15 +189,14 @@ def main(argv: Sequence[str], prog: str = "gearkv bench resume") -> int:
     repeat = args.repeat or (2 if args.quick else 3)
     if repeat < 1 or any(c < 32 for c in contexts):
         parser.error("--repeat must be >= 1 and contexts >= 32 tokens")
-    from gearkv.codec import PRESETS as ALL_PRESETS
-
-    bad = [p for p in args.presets if p not in ALL_PRESETS]
+    bad = _check_presets(args.presets)
     if bad:
-        parser.error(f"unknown presets {bad}; choose from {sorted(ALL_PRESETS)}")
+        parser.error(f"unusable presets: {'; '.join(bad)}")
+    links: list[float | None] = [None, *(args.link_gbps or ())]
     from gearkv.worker.app import interrupt_on_sigterm
 
     interrupt_on_sigterm()
-    rows = _run(contexts, args.presets, repeat, args)
+    rows = _run(contexts, args.presets, repeat, args, links)
     _print(rows)
     if args.json is not None:
         doc = {
@@ -154,6 +205,7 @@ def main(argv: Sequence[str], prog: str = "gearkv bench resume") -> int:
             "repeat": repeat,
             "threads": args.threads,
             "chunk_size": args.chunk_size,
+            "link_gbps": args.link_gbps,
             "rows": [asdict(r) for r in rows],
         }
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
@@ -163,16 +215,41 @@ def main(argv: Sequence[str], prog: str = "gearkv bench resume") -> int:
 
 
 def write_plot(rows: Sequence[Row], path: Path) -> Path:
-    """Draw resumed vs recomputed time to first token by context length (left) and the bytes one
-    session holds per preset at the longest context (right) into a PNG at ``path``."""
+    """Draw a PNG at ``path``: resumed vs recomputed time to first token by context length (left)
+    and the bytes one session holds per preset at the longest context (right). With rows from
+    ``--link-gbps``, the left becomes resume time by link speed per preset, one panel per context,
+    beside the recompute time."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
     contexts = sorted({r.context_tokens for r in rows})
+    if any(r.link_gbps is not None for r in rows):
+        fig, axes = plt.subplots(
+            1,
+            len(contexts) + 1,
+            figsize=(5.5 * len(contexts) + 4.5, 4.4),
+            gridspec_kw={"width_ratios": [3] * len(contexts) + [2]},
+        )
+        for ax, ctx in zip(axes[:-1], contexts, strict=True):
+            _plot_links(ax, [r for r in rows if r.context_tokens == ctx], ctx)
+        _plot_held(axes[-1], rows)
+    else:
+        fig, (ttft, held) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+        _plot_contexts(ttft, rows)
+        _plot_held(held, rows)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_contexts(ttft: Any, rows: Sequence[Row]) -> None:
+    """Resumed (per preset) and recomputed time to first token by context length."""
+    rows = [r for r in rows if r.link_gbps is None]
+    contexts = sorted({r.context_tokens for r in rows})
     presets = list(dict.fromkeys(r.preset for r in rows))
-    fig, (ttft, held) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
     recompute = {c: statistics.median(r.recompute_s for r in rows if r.context_tokens == c) for c in contexts}
     ttft.plot(
         contexts, [recompute[c] for c in contexts], "o-", color="black", label="recomputed (prefill all)"
@@ -201,6 +278,54 @@ def write_plot(rows: Sequence[Row], path: Path) -> Path:
     ttft.set_title(f"Time to first token, {NEW_TOKENS} new tokens")
     ttft.grid(True, which="both", alpha=0.3)
     ttft.legend(fontsize=8)
+
+
+def _plot_links(ax: Any, rows: Sequence[Row], ctx: int) -> None:
+    """Resume time by link speed per preset (log x; loopback at the right end), and recompute."""
+    speeds = sorted({r.link_gbps for r in rows if r.link_gbps is not None})
+    loopback_x = speeds[-1] * 4  # loopback, no proxy: drawn right of the fastest link
+
+    def x_of(g: float | None) -> float:
+        return loopback_x if g is None else g
+
+    recompute = statistics.median(r.recompute_s for r in rows)
+    ax.axhline(recompute, color="black", linestyle="-", label=f"recomputed (prefill all), {recompute:.2f}s")
+    for preset in dict.fromkeys(r.preset for r in rows):
+        mine = sorted(((x_of(r.link_gbps), r) for r in rows if r.preset == preset), key=lambda p: p[0])
+        linked = [(x, r.resume_s) for x, r in mine if r.link_gbps is not None]
+        (line,) = ax.plot(
+            [x for x, _ in linked],
+            [t for _, t in linked],
+            "o-",
+            label=f"{preset} ({mine[0][1].bytes_stored / 1e6:.1f} MB held, {mine[0][1].ratio:.1f}x)",
+        )
+        loop = [(x, r.resume_s) for x, r in mine if r.link_gbps is None]
+        if loop and linked:
+            ax.plot(
+                [linked[-1][0], loop[0][0]],
+                [linked[-1][1], loop[0][1]],
+                ":",
+                color=line.get_color(),
+            )
+            ax.plot([loop[0][0]], [loop[0][1]], "s", color=line.get_color())
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks([*speeds, loopback_x], [f"{g:g}" for g in speeds] + ["loopback"])
+    ax.minorticks_off()
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("link speed (Gbit/s, each direction)")
+    ax.set_ylabel("time to first token (s)")
+    ax.set_title(f"Resuming {ctx:,} tokens through a shaped link")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _plot_held(held: Any, rows: Sequence[Row]) -> None:
+    """The bytes one session holds per preset at the longest context, raw vs stored."""
+    contexts = sorted({r.context_tokens for r in rows})
     longest = contexts[-1]
     at = {r.preset: r for r in rows if r.context_tokens == longest}
     names = list(at)
@@ -224,13 +349,16 @@ def write_plot(rows: Sequence[Row], path: Path) -> Path:
     held.set_ylabel("MiB")
     held.set_title(f"KV held per session at {longest:,} tokens")
     held.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
-def _run(contexts: Sequence[int], presets: Sequence[str], repeat: int, args: argparse.Namespace) -> list[Row]:
+def _run(
+    contexts: Sequence[int],
+    presets: Sequence[str],
+    repeat: int,
+    args: argparse.Namespace,
+    links: Sequence[float | None] = (None,),
+) -> list[Row]:
+    """The rows, per context, preset and link (None: loopback), in that order."""
     from contextlib import ExitStack
 
     import redis
@@ -245,6 +373,8 @@ def _run(contexts: Sequence[int], presets: Sequence[str], repeat: int, args: arg
     from gearkv.worker.model import load_model
     from gearkv.worker.sessions import Worker
 
+    from .shaped_link import ShapedLink
+
     torch.set_num_threads(args.threads)
     rows: list[Row] = []
     with ExitStack() as stack:
@@ -256,8 +386,19 @@ def _run(contexts: Sequence[int], presets: Sequence[str], repeat: int, args: arg
         stack.callback(client.close)
         rclient = redis.Redis.from_url(url)
         stack.callback(rclient.close)
+        # The fresh workers' way to the store per link speed: loopback, or a shaped link's client.
+        host, _, port = store.address.rpartition(":")
+        shaped: dict[float | None, tuple[Any, ShapedLink | None]] = {None: (client, None)}
+        for gbps in links:
+            if gbps is not None:
+                proxy = stack.enter_context(ShapedLink(host, int(port), gbps=gbps))
+                linked = KVStoreClient(proxy.address, token=store.token, timeout=60)
+                stack.callback(linked.close)
+                linked.ping()  # connected before anything is timed
+                shaped[gbps] = (linked, proxy)
         # Steps: the model, then per context its recompute and per preset the push and each resume.
-        steps = 1 + len(contexts) * (1 + len(presets) * (1 + repeat))
+        resumes = repeat * len(links)
+        steps = 1 + len(contexts) * (1 + len(presets) * (1 + resumes))
         tick = stack.enter_context(progress(steps, first="loading the model"))
         engine = Engine(load_model())
         engine.warmup()
@@ -265,9 +406,9 @@ def _run(contexts: Sequence[int], presets: Sequence[str], repeat: int, args: arg
         tick("model ready")
         one = SamplingParams(max_new_tokens=1)
         for ctx in contexts:
-            ids = _context_ids(engine.tokenizer, ctx + NEW_TOKENS * (repeat + 8))
+            ids = _context_ids(engine.tokenizer, ctx + NEW_TOKENS * (resumes + 8))
             context = ids[:ctx]
-            prompts = [[*context, *f] for f in _followups(ids[ctx:], repeat, avoid=0)]
+            prompts = [[*context, *f] for f in _followups(ids[ctx:], resumes, avoid=0)]
             prompt = prompts[0]
 
             def recompute(prompt: list[int] = prompt) -> float:
@@ -293,49 +434,62 @@ def _run(contexts: Sequence[int], presets: Sequence[str], repeat: int, args: arg
                 blobs = [client.get_chunk(r.key) for r in refs]
                 # Each repeat measures a resume and then its floor back to back, so that both see the
                 # same machine load; every resume rewrites the session but keeps its context chunks.
-                samples: list[tuple[float, float, float, float, float]] = []
-                for i, follow_up in enumerate(prompts, 1):
-                    fresh = Worker(engine, client, opts, WorkerMetrics(), fingerprint=fingerprint)
+                # The repeats go round the links in turn (loopback, then each speed).
+                samples: dict[float | None, list[tuple[float, ...]]] = {g: [] for g in links}
+                turns = [(i, gbps) for i in range(repeat) for gbps in links]
+                for n, ((i, gbps), follow_up) in enumerate(zip(turns, prompts, strict=True), 1):
+                    via, link = shaped[gbps]
+                    before = link.bytes_to_client if link is not None else 0
+                    fresh = Worker(engine, via, opts, WorkerMetrics(), fingerprint=fingerprint)
                     turn = fresh.generate(follow_up, one, session_id=session).run()
                     fresh.close()
+                    crossed = link.bytes_to_client - before if link is not None else 0
                     s = turn.stats
                     assert s is not None
                     if s.source != "store" or s.tokens_reused != ctx:
                         raise RuntimeError(f"resume did not reuse exactly the {ctx}-token context: {s}")
                     get_s = _redis_get(rclient, rkeys)
                     dec_s = _decode_all(blobs, engine.device, engine.loaded.dtype)
-                    samples.append((s.ttft_s, s.ttft_s - s.prefill_s, s.pull_s, get_s, dec_s))
-                    if i < len(prompts):
-                        tick(f"{ctx} tokens, {preset}: resume {i}/{len(prompts)} {s.ttft_s:.3f}s")
-                resume_s, overhead_s, pull_s, redis_get_s, decode_s = (
-                    statistics.median(x[i] for x in samples) for i in range(5)
-                )
-                floor = redis_get_s + decode_s
+                    samples[gbps].append(
+                        (s.ttft_s, s.ttft_s - s.prefill_s, s.pull_s, get_s, dec_s, float(crossed))
+                    )
+                    if n < len(turns):
+                        tick(
+                            f"{ctx} tokens, {preset}, {_link_name(gbps)}: "
+                            f"resume {i + 1}/{repeat} {s.ttft_s:.3f}s"
+                        )
                 raw = sum(r.raw_bytes for r in refs)
                 stored = sum(r.stored_bytes for r in refs)
-                row = Row(
-                    context_tokens=ctx,
-                    preset=preset,
-                    resume_s=round(resume_s, 4),
-                    recompute_s=round(recompute_s, 4),
-                    overhead_s=round(overhead_s, 4),
-                    redis_get_s=round(redis_get_s, 4),
-                    decode_s=round(decode_s, 4),
-                    floor_s=round(floor, 4),
-                    overhead_vs_floor=round(overhead_s / floor, 2) if floor else 0.0,
-                    speedup=round(recompute_s / resume_s, 1) if resume_s else 0.0,
-                    pull_s=round(pull_s, 4),
-                    prefill_new_s=round(resume_s - overhead_s, 4),
-                    chunks=len(refs),
-                    bytes_raw=raw,
-                    bytes_stored=stored,
-                    ratio=round(raw / stored, 2) if stored else 0.0,
+                for gbps in links:
+                    resume_s, overhead_s, pull_s, redis_get_s, decode_s, crossed_b = (
+                        statistics.median(x[k] for x in samples[gbps]) for k in range(6)
+                    )
+                    floor = redis_get_s + decode_s
+                    row = Row(
+                        context_tokens=ctx,
+                        preset=preset,
+                        resume_s=round(resume_s, 4),
+                        recompute_s=round(recompute_s, 4),
+                        overhead_s=round(overhead_s, 4),
+                        redis_get_s=round(redis_get_s, 4),
+                        decode_s=round(decode_s, 4),
+                        floor_s=round(floor, 4),
+                        overhead_vs_floor=round(overhead_s / floor, 2) if floor else 0.0,
+                        speedup=round(recompute_s / resume_s, 1) if resume_s else 0.0,
+                        pull_s=round(pull_s, 4),
+                        prefill_new_s=round(resume_s - overhead_s, 4),
+                        chunks=len(refs),
+                        bytes_raw=raw,
+                        bytes_stored=stored,
+                        ratio=round(raw / stored, 2) if stored else 0.0,
+                        link_gbps=gbps,
+                        link_bytes=int(crossed_b),
+                    )
+                    rows.append(row)
+                summary = ", ".join(
+                    f"{_link_name(r.link_gbps)} {r.resume_s:.3f}s" for r in rows[-len(links) :]
                 )
-                rows.append(row)
-                tick(
-                    f"{ctx} tokens, {preset}: resume {row.resume_s:.3f}s ({row.speedup}x), "
-                    f"overhead {row.overhead_s:.3f}s vs floor {row.floor_s:.3f}s"
-                )
+                tick(f"{ctx} tokens, {preset}: resume {summary}")
     return rows
 
 
@@ -362,27 +516,26 @@ def _decode_all(blobs: Sequence[bytes], device: Any, dtype: Any) -> float:
     return time.perf_counter() - t0
 
 
+def _link_name(gbps: float | None) -> str:
+    return "loopback" if gbps is None else f"{gbps:g} Gbps"
+
+
 def _print(rows: Sequence[Row]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    linked = any(r.link_gbps is not None for r in rows)
     table = Table(title=f"resume vs recompute (time to first token, {NEW_TOKENS} new tokens)")
-    for col in (
-        "context",
-        "preset",
-        "resume",
-        "recompute",
-        "speed-up",
-        "overhead",
-        "GET+decode floor",
-        "overhead/floor",
-        "ratio",
-    ):
+    columns = ["context", "preset", *(["link"] if linked else [])]
+    columns += ["resume", "recompute", "speed-up", "overhead", "GET+decode floor", "overhead/floor"]
+    columns += ["ratio", *(["link MB"] if linked else [])]
+    for col in columns:
         table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
         table.add_row(
             str(r.context_tokens),
             r.preset,
+            *([_link_name(r.link_gbps)] if linked else []),
             f"{r.resume_s:.3f}s",
             f"{r.recompute_s:.2f}s",
             f"{r.speedup:.1f}x",
@@ -390,8 +543,44 @@ def _print(rows: Sequence[Row]) -> None:
             f"{r.redis_get_s:.3f}+{r.decode_s:.3f}s",
             f"{r.overhead_vs_floor:.2f}x",
             f"{r.ratio:.2f}x",
+            *([f"{r.link_bytes / 1e6:.1f}" if r.link_gbps is not None else "-"] if linked else []),
         )
-    Console(width=120).print(table)
+    console = Console(width=140)
+    console.print(table)
+    if linked:
+        console.print(_link_table(rows))
+
+
+def _link_table(rows: Sequence[Row]) -> Any:
+    """Resume time per preset at each link speed (and, in brackets, its overhead: what resuming
+    costs beyond prefilling the new tokens), beside the bytes each preset holds."""
+    from rich.table import Table
+
+    speeds = sorted({r.link_gbps for r in rows if r.link_gbps is not None})
+    links: list[float | None] = [*speeds, None]
+    table = Table(
+        title=f"time to first token resuming by link speed ({NEW_TOKENS} new tokens; overhead in brackets)"
+    )
+    for col in ("context", "preset", "stored MB", "ratio", *map(_link_name, links), "recompute"):
+        table.add_column(col, justify="right", no_wrap=True)
+    at = {(r.context_tokens, r.preset, r.link_gbps): r for r in rows}
+    for ctx, preset in dict.fromkeys((r.context_tokens, r.preset) for r in rows):
+        first = next(r for r in rows if r.context_tokens == ctx and r.preset == preset)
+        cells = [
+            f"{at[(ctx, preset, g)].resume_s:.3f}s ({at[(ctx, preset, g)].overhead_s:.3f})"
+            if (ctx, preset, g) in at
+            else "-"
+            for g in links
+        ]
+        table.add_row(
+            str(ctx),
+            preset,
+            f"{first.bytes_stored / 1e6:.1f}",
+            f"{first.ratio:.2f}x",
+            *cells,
+            f"{first.recompute_s:.2f}s",
+        )
+    return table
 
 
 if __name__ == "__main__":
