@@ -3,15 +3,20 @@
 ``Codec.from_preset("gear3").encode(layers) -> bytes`` and ``decode(blob, device, dtype)`` are the whole
 round trip; ``decode_into(blob, keys, values)`` decodes into caller-owned buffers; ``inspect(blob)`` reads
 what a blob holds without decoding it. ``backend=`` ("auto", "torch", "triton") picks the PyTorch path or
-the fused Triton kernels (``gearkv[kernels]``); both write the same blobs. See docs/codec.md.
+the fused Triton kernels (``gearkv[kernels]``); both write the same blobs. The gtc presets (format v2,
+entropy-coded) need a ``Calibration`` of the model: ``Codec.from_preset("gtc2", calibration=cal)`` and
+``decode(blob, calibration=cal)``. See docs/codec.md.
 """
 
 from __future__ import annotations
 
 from ._api import BACKENDS, Backend, BlobInfo, Codec, decode, decode_into, inspect
+from ._calibration import Calibration
 from ._config import FORMAT_VERSION, PRESETS, CodecConfig
 from .errors import (
     BackendUnavailable,
+    CalibrationError,
+    CalibrationMismatch,
     CodecError,
     CorruptBlob,
     InvalidInput,
@@ -26,6 +31,9 @@ __all__ = [
     "Backend",
     "BackendUnavailable",
     "BlobInfo",
+    "Calibration",
+    "CalibrationError",
+    "CalibrationMismatch",
     "Codec",
     "CodecConfig",
     "CodecError",

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
 
-from . import _gear, _triton
-from ._config import FORMAT_VERSION, PRESETS, CodecConfig, codec_id_of
+from . import _gear, _gtc, _triton
+from ._calibration import Calibration
+from ._config import PRESETS, CodecConfig, codec_id_of
 from ._gear import PartGeometry, part_geometry, part_sections
-from ._wire import Section, order_sections, pack_blob, read_header, section_views
-from .errors import CorruptBlob, InvalidInput, UnsupportedConfig
+from ._gtc import GtcGeometry, gtc_sections
+from ._wire import Section, order_sections, pack_blob, read_frame, section_views
+from .errors import CalibrationMismatch, CorruptBlob, InvalidInput, UnsupportedConfig
 
 __all__ = ["BACKENDS", "Backend", "BlobInfo", "Codec", "decode", "decode_into", "inspect"]
 
@@ -66,6 +68,7 @@ class BlobInfo:
     sink_tokens: int  # leading tokens stored at 16 bits
     raw_bytes: int  # the same KV at 16 bits per element
     stored_bytes: int  # len(blob)
+    calibration: str = ""  # digest of the Calibration it needs to decode ("" for none)
 
     @property
     def ratio(self) -> float:
@@ -98,17 +101,23 @@ class _Part:
 class _Plan:
     """The storage plan shared by encoder and decoder: geometry of both parts and the payload order."""
 
-    kind: str  # "quant" or "plain"
+    kind: str  # "quant", "gtc" or "plain"
     store_dtype: torch.dtype  # plain mode: the stored element type; quant mode: 16-bit side data type
     parts: tuple[_Part, ...] | None
     layout: list[Section]
+    gtc: tuple[GtcGeometry, GtcGeometry] | None = None  # keys, values
 
 
 def _plan(cfg: CodecConfig, layers: int, kshape: Sequence[int], vshape: Sequence[int], sink: int,
-          store_dtype: torch.dtype) -> _Plan:  # fmt: skip
+          store_dtype: torch.dtype, escapes: tuple[int, int] = (0, 0)) -> _Plan:  # fmt: skip
     b, h, t, dk = kshape
     dv = vshape[3]
     n = layers * b * h
+    if cfg.mode == "gtc":
+        gk = GtcGeometry("k.", True, n, t, dk, sink, escapes[0], cfg.rotate)
+        gv = GtcGeometry("v.", False, n, t, dv, sink, escapes[1], cfg.rotate)
+        layout = order_sections(gtc_sections(gk, store_dtype) + gtc_sections(gv, store_dtype))
+        return _Plan("gtc", store_dtype, None, layout, (gk, gv))
     if cfg.mode != "quant":
         plain: list[Section] = [("k", store_dtype, (n, t, dk)), ("v", store_dtype, (n, t, dv))]
         return _Plan("plain", store_dtype, None, order_sections(plain))
@@ -213,23 +222,54 @@ class Codec:
             triton does not import.
     """
 
-    def __init__(self, config: CodecConfig | None = None, *, backend: Backend = "auto") -> None:
+    def __init__(
+        self,
+        config: CodecConfig | None = None,
+        *,
+        backend: Backend = "auto",
+        calibration: Calibration | None = None,
+    ) -> None:
         if config is None:
             config = PRESETS["gear3"]
         if not isinstance(config, CodecConfig):
             raise UnsupportedConfig(f"config must be a CodecConfig, got {type(config).__name__}")
+        if config.needs_calibration:
+            if not isinstance(calibration, Calibration):
+                raise CalibrationMismatch(
+                    "a gtc codec needs a Calibration (gearkv calibrate-codec writes one; "
+                    "Calibration.load(path))"
+                )
+        else:
+            calibration = None  # nothing to bind: the blob does not depend on one
         self._config = config
-        self._codec_id = codec_id_of(config)
+        self._calibration = calibration
+        self._codec_id = codec_id_of(config, calibration.digest if calibration else "")
         self._backend = _check_backend(backend)
         if self._backend == "triton":
             _triton.require(None)
 
     @classmethod
-    def from_preset(cls, name: str, backend: Backend = "auto") -> Codec:
-        """One of ``PRESETS``: fp16, raw, kivi2, kivi4, gear2, gear3, gear4 (``backend``: see the class)."""
+    def from_preset(
+        cls,
+        name: str,
+        backend: Backend = "auto",
+        *,
+        calibration: Calibration | None = None,
+        entropy: str | None = None,
+    ) -> Codec:
+        """One of ``PRESETS``: fp16, raw, kivi2, kivi4, gear2, gear3, gear4, gtc2, gtc3 (the gtc presets
+        need ``calibration``). ``entropy="zstd"`` adds the entropy stage to any preset (format v2);
+        ``backend``: see the class."""
         if name not in PRESETS:
             raise UnsupportedConfig(f"unknown codec preset {name!r}; choose one of {sorted(PRESETS)}")
-        return cls(PRESETS[name], backend=backend)
+        config = PRESETS[name]
+        if entropy is not None:
+            config = replace(config, entropy=entropy)  # type: ignore[arg-type]  # checked by CodecConfig
+        return cls(config, backend=backend, calibration=calibration)
+
+    @property
+    def calibration(self) -> Calibration | None:
+        return self._calibration
 
     @property
     def config(self) -> CodecConfig:
@@ -242,7 +282,8 @@ class Codec:
 
     @property
     def codec_id(self) -> str:
-        """Stable id of config and format version (``gear3.v1``, ``custom.v1.<hash12>``)."""
+        """Stable id of config, format version and calibration (``gear3.v1``, ``gtc2.v2.<digest>``,
+        ``custom.v1.<hash12>``): KV stored under one id is never decoded under another."""
         return self._codec_id
 
     def __repr__(self) -> str:
@@ -262,7 +303,10 @@ class Codec:
             BackendUnavailable: backend "triton" with tensors its kernels cannot run on.
         """
         chunk = self._encode_sections(layers, start)
-        return pack_blob(chunk.header, chunk.plan.layout, chunk.tensors)
+        cfg = self._config
+        return pack_blob(
+            chunk.header, chunk.plan.layout, chunk.tensors, version=cfg.format_version, entropy=cfg.entropy
+        )
 
     def _encode_sections(self, layers: Sequence[KV], start: int = 0) -> _Sections:
         """``encode`` up to the sections, which stay on the input's device."""
@@ -290,9 +334,18 @@ class Codec:
         else:
             store = torch.float16
         tokens = kshape[2]
-        sink = max(0, min(cfg.sink_tokens - start, tokens)) if cfg.mode == "quant" else 0
+        sink = max(0, min(cfg.sink_tokens - start, tokens)) if cfg.mode in ("quant", "gtc") else 0
         plan = _plan(cfg, len(layers), kshape, vshape, sink, store)
-        if plan.parts is None:
+        extra: dict[str, Any] = {}
+        if plan.gtc is not None:
+            betas = _gtc_betas(cfg, self._calibration, len(layers), kshape, keys.device)
+            tensors = {}
+            for g, source, beta in zip(plan.gtc, (keys, values), betas, strict=True):
+                tensors.update(_gtc.compress_gtc(source, beta, g, store))
+            escapes = (len(tensors.get("k.eidx", ())), len(tensors.get("v.eidx", ())))
+            plan = _plan(cfg, len(layers), kshape, vshape, sink, store, escapes)
+            extra = {"escapes": list(escapes), "calibration": self._calibration.digest if self._calibration else ""}
+        elif plan.parts is None:
             tensors = {"k": keys.to(store), "v": values.to(store)}
         else:
             tensors = {}
@@ -309,12 +362,27 @@ class Codec:
             "key_shape": list(kshape),
             "value_shape": list(vshape),
             "sink": sink,
+            **extra,
         }
         return _Sections(header, plan, tensors)
 
 
-def _parse(blob: bytes | bytearray | memoryview) -> tuple[BlobInfo, _Plan, int]:
-    header, start = read_header(blob)
+def _gtc_betas(
+    cfg: CodecConfig, calibration: Calibration | None, layers: int, kshape: Sequence[int], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row steps [layers * batch * kv_heads] of keys and values: the preset's step times the
+    calibration's per-layer scale."""
+    if calibration is None:  # unreachable through Codec and decode, which check first
+        raise CalibrationMismatch("a gtc blob needs its Calibration")
+    k_scale, v_scale = calibration.scales_for(layers)
+    per_layer = kshape[0] * kshape[1]
+    k = torch.tensor(k_scale, dtype=torch.float32).repeat_interleave(per_layer) * cfg.k_step
+    v = torch.tensor(v_scale, dtype=torch.float32).repeat_interleave(per_layer) * cfg.v_step
+    return k.to(device), v.to(device)
+
+
+def _parse(blob: bytes | bytearray | memoryview) -> tuple[BlobInfo, _Plan, int, int]:
+    header, start, version, flags = read_frame(blob)
     try:
         config = CodecConfig.from_dict(header["config"])
         kshape = tuple(int(d) for d in header["key_shape"])
@@ -322,20 +390,44 @@ def _parse(blob: bytes | bytearray | memoryview) -> tuple[BlobInfo, _Plan, int]:
         layers, sink = int(header["layers"]), int(header["sink"])
         dtype, store = _DTYPES[header["dtype"]], _DTYPES[header["store_dtype"]]
         codec_id = str(header["codec_id"])
+        calibration = str(header.get("calibration", ""))
+        escapes = tuple(int(e) for e in header.get("escapes", (0, 0)))
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptBlob(f"inconsistent blob header: {exc!r}") from exc
     if (
         len(kshape) != 4 or len(vshape) != 4 or kshape[:3] != vshape[:3] or min(kshape + vshape) < 1
-        or layers < 1 or not 0 <= sink <= kshape[2] or codec_id != codec_id_of(config)
+        or layers < 1 or not 0 <= sink <= kshape[2] or codec_id != codec_id_of(config, calibration)
+        or version != config.format_version or bool(flags) != (config.entropy == "zstd")
+        or len(escapes) != 2 or min(escapes) < 0 or bool(calibration) != config.needs_calibration
     ):  # fmt: skip
         raise CorruptBlob(f"inconsistent blob header: {header}")
-    plan = _plan(config, layers, kshape, vshape, sink, store)
+    plan = _plan(config, layers, kshape, vshape, sink, store, (escapes[0], escapes[1]))
     raw_bytes = 2 * layers * (_prod(kshape) + _prod(vshape))
     info = BlobInfo(
-        FORMAT_VERSION, codec_id, config, layers, kshape, vshape,
-        _dtype_name(dtype), kshape[2], sink, raw_bytes, len(blob),
+        version, codec_id, config, layers, kshape, vshape,
+        _dtype_name(dtype), kshape[2], sink, raw_bytes, len(blob), calibration,
     )  # fmt: skip
-    return info, plan, start
+    return info, plan, start, flags
+
+
+def _check_calibration(info: BlobInfo, calibration: Calibration | None) -> Calibration | None:
+    """The calibration a blob needs, checked: never decode under another one (wrong tensors)."""
+    if not info.calibration:
+        return None
+    if calibration is None:
+        raise CalibrationMismatch(
+            f"this {info.codec_id} blob needs codec calibration {info.calibration}: pass "
+            "calibration=Calibration.load(path)"
+        )
+    if not isinstance(calibration, Calibration):
+        raise CalibrationMismatch(f"calibration must be a Calibration, got {type(calibration).__name__}")
+    if calibration.digest != info.calibration:
+        raise CalibrationMismatch(
+            f"this blob was written with codec calibration {info.calibration}, not {calibration.digest}: "
+            "decoding under another calibration would return wrong tensors"
+        )
+    calibration.scales_for(info.num_layers)
+    return calibration
 
 
 def _prod(shape: Sequence[int]) -> int:
@@ -360,6 +452,7 @@ def decode(
     dtype: torch.dtype | None = None,
     *,
     backend: Backend = "auto",
+    calibration: Calibration | None = None,
 ) -> list[KV]:
     """Decompress a blob into ``(keys, values)`` per layer, each [batch, kv_heads, tokens, head_dim].
 
@@ -367,20 +460,24 @@ def decode(
         device: where the tensors are rebuilt (default CPU); decoding runs there.
         dtype: output dtype (default: the dtype that was encoded).
         backend: "auto", "torch" or "triton", as for ``Codec``; any backend decodes any blob.
+        calibration: the ``Calibration`` a gtc blob was written with (``inspect(blob).calibration``
+            names it); ignored by other blobs.
 
     Raises:
         CorruptBlob, UnsupportedFormatVersion, InvalidInput (an unsupported ``dtype``),
-        UnsupportedConfig / BackendUnavailable (``backend``).
+        UnsupportedConfig / BackendUnavailable (``backend``), CalibrationMismatch (a gtc blob
+        without its calibration, or with another).
     """
     backend = _check_backend(backend)
-    info, plan, start = _parse(blob)
+    info, plan, start, flags = _parse(blob)
+    cal = _check_calibration(info, calibration)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     out_dtype = _DTYPES[info.dtype] if dtype is None else dtype
     if out_dtype not in _DTYPES.values():
         raise InvalidInput(f"dtype {out_dtype} unsupported; use float16, bfloat16 or float32")
     keys = torch.empty(info.num_layers, *info.key_shape, dtype=out_dtype, device=dev)
     values = torch.empty(info.num_layers, *info.value_shape, dtype=out_dtype, device=dev)
-    _fill(blob, info, plan, start, keys, values, backend)
+    _fill(blob, info, plan, start, flags, keys, values, backend, cal)
     return [(keys[i], values[i]) for i in range(info.num_layers)]
 
 
@@ -390,6 +487,7 @@ def decode_into(
     values: torch.Tensor,
     *,
     backend: Backend = "auto",
+    calibration: Calibration | None = None,
 ) -> BlobInfo:
     """Decompress a blob straight into caller-owned ``keys``/``values``.
 
@@ -402,16 +500,19 @@ def decode_into(
         keys, values: ``[layers, batch, kv_heads, tokens, head_dim]`` of exactly the blob's shapes,
             float16/bfloat16/float32, viewable as ``[layers * batch * kv_heads, tokens, head_dim]``.
         backend: "auto", "torch" or "triton", as for ``Codec``.
+        calibration: the ``Calibration`` a gtc blob needs, as for ``decode``.
 
     Returns:
         The blob's header.
 
     Raises:
         CorruptBlob, UnsupportedFormatVersion; InvalidInput when the outputs do not fit the blob
-        (nothing is written then); UnsupportedConfig / BackendUnavailable (``backend``).
+        (nothing is written then); UnsupportedConfig / BackendUnavailable (``backend``);
+        CalibrationMismatch, as for ``decode``.
     """
     backend = _check_backend(backend)
-    info, plan, start = _parse(blob)
+    info, plan, start, flags = _parse(blob)
+    cal = _check_calibration(info, calibration)
     for name, out, shape in (("keys", keys, info.key_shape), ("values", values, info.value_shape)):
         want = (info.num_layers, *shape)
         if tuple(out.shape) != want:
@@ -420,7 +521,7 @@ def decode_into(
             raise InvalidInput(f"{name} dtype {out.dtype} unsupported; use float16, bfloat16 or float32")
     if keys.device != values.device:
         raise InvalidInput(f"keys on {keys.device} and values on {values.device}: use one device")
-    _fill(blob, info, plan, start, keys, values, backend)
+    _fill(blob, info, plan, start, flags, keys, values, backend, cal)
     return info
 
 
@@ -429,9 +530,11 @@ def _fill(
     info: BlobInfo,
     plan: _Plan,
     start: int,
+    flags: int,
     keys: torch.Tensor,
     values: torch.Tensor,
     backend: Backend,
+    calibration: Calibration | None = None,
 ) -> None:
     """Decode the payload into ``keys``/``values`` ``[layers, batch, kv_heads, tokens, head_dim]``."""
     n = info.num_layers * info.key_shape[0] * info.key_shape[1]
@@ -443,8 +546,12 @@ def _fill(
             "keys/values must be viewable as [layers * batch * kv_heads, tokens, head_dim] "
             "(a token range of a contiguous buffer is)"
         ) from exc
-    sections = section_views(blob, start, plan.layout, keys.device)
-    _decompress(plan, sections, key_rows, value_rows, backend)
+    sections = section_views(blob, start, plan.layout, keys.device, flags)
+    betas = None
+    if plan.gtc is not None:
+        b, h = info.key_shape[:2]
+        betas = _gtc_betas(info.config, calibration, info.num_layers, (b, h), keys.device)
+    _decompress(plan, sections, key_rows, value_rows, backend, betas)
 
 
 def _decode_sections(chunk: _Sections, keys: torch.Tensor, values: torch.Tensor, backend: Backend) -> None:
@@ -453,7 +560,10 @@ def _decode_sections(chunk: _Sections, keys: torch.Tensor, values: torch.Tensor,
     b, h, t, dk = chunk.header["key_shape"]
     n = chunk.header["layers"] * b * h
     key_rows, value_rows = keys.view(n, t, dk), values.view(n, t, chunk.header["value_shape"][3])
-    _decompress(chunk.plan, chunk.tensors, key_rows, value_rows, _check_backend(backend))
+    betas = None
+    if chunk.plan.gtc is not None:
+        raise UnsupportedConfig("_decode_sections times the GEAR parts only")
+    _decompress(chunk.plan, chunk.tensors, key_rows, value_rows, _check_backend(backend), betas)
 
 
 def _decompress(
@@ -462,11 +572,15 @@ def _decompress(
     key_rows: torch.Tensor,
     value_rows: torch.Tensor,
     backend: Backend,
+    betas: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     kernels = plan.parts is not None and _use_triton(backend, key_rows.device)
     decompress_part = _triton.decompress_part if kernels else _gear.decompress_part
     try:
-        if plan.parts is None:
+        if plan.gtc is not None and betas is not None:
+            for g, dest, beta in zip(plan.gtc, (key_rows, value_rows), betas, strict=True):
+                _gtc.decompress_gtc(sections, beta, g, dest)
+        elif plan.parts is None:
             key_rows.copy_(sections["k"])
             value_rows.copy_(sections["v"])
         else:

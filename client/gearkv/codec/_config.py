@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
 from .errors import UnsupportedConfig
 
-__all__ = ["FORMAT_VERSION", "PRESETS", "CodecConfig", "codec_id_of"]
+__all__ = ["ENTROPY", "FORMAT_VERSION", "FORMAT_VERSIONS", "PRESETS", "CodecConfig", "codec_id_of"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest: v2 adds the gtc mode and the entropy-coded payload
+FORMAT_VERSIONS = (1, 2)
+ENTROPY = ("none", "zstd")
+MAX_STEP = 8.0
 SUPPORTED_BITS = (2, 3, 4, 8)
 SUPPORTED_GROUPS = (16, 32, 64, 128, 256)
 OUTLIER_BLOCK = 256  # outliers are chosen per block of 256 elements, so an offset fits one byte
@@ -19,7 +22,8 @@ MAX_SINK_TOKENS = 64
 MAX_RANK = 64
 MAX_POWER_ITERS = 16
 
-Mode = Literal["quant", "fp16", "raw"]
+Mode = Literal["quant", "fp16", "raw", "gtc"]
+Entropy = Literal["none", "zstd"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,13 @@ class CodecConfig:
         k_late_bits / k_late_group: bits and group of the keys of the later layers (0 = as the others);
             later layers gain most from extra key bits.
         late_from: where the later layers start, as a fraction of the layer count (rounded).
+        k_step / v_step (``mode="gtc"`` only): the quantization step of keys (times each channel's
+            spread) and values (times each token's spread), before the calibration's per-layer scale.
+        entropy: "zstd" entropy-codes the blob's payload (format v2); "none" stores it as is.
+
+    ``mode="gtc"`` (format v2, needs a ``Calibration``) quantizes rotated KV with a step instead of a
+    range and leaves the rate to the entropy stage: see ``gearkv.codec._gtc``. It uses ``rotate``,
+    ``sink_tokens``, ``k_step``, ``v_step`` and ``entropy``; the GEAR fields are ignored.
     """
 
     mode: Mode = "quant"
@@ -63,10 +74,21 @@ class CodecConfig:
     k_late_bits: int = 0
     k_late_group: int = 0
     late_from: float = 0.0
+    k_step: float = 0.0
+    v_step: float = 0.0
+    entropy: Entropy = "none"
 
     def __post_init__(self) -> None:
-        if self.mode not in ("quant", "fp16", "raw"):
-            raise UnsupportedConfig(f"mode must be 'quant', 'fp16' or 'raw', got {self.mode!r}")
+        if self.mode not in ("quant", "fp16", "raw", "gtc"):
+            raise UnsupportedConfig(f"mode must be 'quant', 'fp16', 'raw' or 'gtc', got {self.mode!r}")
+        if self.entropy not in ENTROPY:
+            raise UnsupportedConfig(f"entropy must be one of {list(ENTROPY)}, got {self.entropy!r}")
+        for name in ("k_step", "v_step"):
+            step = getattr(self, name)
+            if isinstance(step, bool) or not isinstance(step, int | float) or not 0.0 <= step <= MAX_STEP:
+                raise UnsupportedConfig(f"{name} must be a number in [0, {MAX_STEP}], got {step!r}")
+            if self.mode == "gtc" and not step > 0:
+                raise UnsupportedConfig(f"{name} must be > 0 for mode 'gtc', got {step!r}")
         for name in ("k_bits", "v_bits"):
             _check_choice(name, getattr(self, name), SUPPORTED_BITS)
         for name in ("k_group", "v_group"):
@@ -102,6 +124,15 @@ class CodecConfig:
     def v_outliers_per_block(self) -> int:
         return round(self.v_outliers * OUTLIER_BLOCK)
 
+    @property
+    def needs_calibration(self) -> bool:
+        return self.mode == "gtc"
+
+    @property
+    def format_version(self) -> int:
+        """The blob format this config writes: v1 unless it needs v2 (gtc, an entropy stage)."""
+        return 2 if self.mode == "gtc" or self.entropy != "none" else 1
+
     def late_cut(self, layers: int) -> int:
         """Index of the first layer whose keys use ``k_late_bits`` (``layers`` when there is none)."""
         if not self.k_late_bits:
@@ -109,7 +140,13 @@ class CodecConfig:
         return min(layers, max(0, round(layers * self.late_from)))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field, except the format-v2 fields at their defaults: a v1 config (and so its blobs'
+        headers and custom codec ids) reads as it did before v2 existed."""
+        out = asdict(self)
+        for name, default in _V2_DEFAULTS.items():
+            if out[name] == default:
+                del out[name]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CodecConfig:
@@ -122,6 +159,9 @@ class CodecConfig:
             return cls(**data)
         except TypeError as exc:  # a wrongly typed field that slipped past the checks
             raise UnsupportedConfig(f"invalid codec config: {exc}") from exc
+
+
+_V2_DEFAULTS: dict[str, Any] = {"k_step": 0.0, "v_step": 0.0, "entropy": "none"}
 
 
 def _check_choice(name: str, value: object, choices: tuple[int, ...]) -> None:
@@ -157,14 +197,24 @@ PRESETS: dict[str, CodecConfig] = {
     ),
     "gear3": CodecConfig(k_bits=3, v_bits=3, k_group=64, v_group=64, k_outliers=1 / 256),
     "gear4": CodecConfig(k_bits=4, v_bits=4, k_group=64, v_group=64),
+    # Calibrated, entropy-coded (format v2): see _gtc.py and docs/codec.md for the measurements.
+    "gtc2": CodecConfig(mode="gtc", k_step=0.8, v_step=1.6, entropy="zstd"),
+    "gtc3": CodecConfig(mode="gtc", k_step=0.45, v_step=0.9, entropy="zstd"),
 }
 
 
-def codec_id_of(config: CodecConfig) -> str:
-    """A short, stable, printable id: ``<preset>.v1`` or ``custom.v1.<hash12>`` for other configs."""
+def codec_id_of(config: CodecConfig, calibration_digest: str = "") -> str:
+    """A short, stable, printable id: ``<preset>.v1``, ``<preset>.zstd.v2`` (a preset with the entropy
+    stage added), ``gtc2.v2.<calibration digest>``, or ``custom.v<N>.<hash12>[.<calibration>]``."""
+    version = config.format_version
+    tail = f".{calibration_digest}" if calibration_digest else ""
     for name, preset in PRESETS.items():
         if preset == config:
-            return f"{name}.v{FORMAT_VERSION}"
+            return f"{name}.v{version}{tail}"
+    if config.entropy != "none":
+        for name, preset in PRESETS.items():
+            if preset.entropy == "none" and preset == replace(config, entropy="none"):
+                return f"{name}.{config.entropy}.v{version}{tail}"
     canon = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
     digest = hashlib.blake2b(canon.encode(), digest_size=6).hexdigest()
-    return f"custom.v{FORMAT_VERSION}.{digest}"
+    return f"custom.v{version}.{digest}{tail}"

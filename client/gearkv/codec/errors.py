@@ -8,7 +8,9 @@
           ├── UnsupportedConfig      a CodecConfig field outside what format v1 can store
           │    └── BackendUnavailable    backend="triton" where its kernels cannot run
           ├── CorruptBlob            bad magic, truncated, checksum mismatch, inconsistent header
-          └── UnsupportedFormatVersion   a blob written by a newer (or unknown) format version
+          ├── UnsupportedFormatVersion   a blob written by a newer (or unknown) format version
+          └── CalibrationError       a codec calibration file that is unreadable, damaged or malformed
+               └── CalibrationMismatch   a calibration missing, or not the one a blob or model needs
 
 Every message names the field or section at fault and the limit it broke. The codec's errors are its
 own tree: they share only the root ``GearKVError`` of the API contract (gearkv.api.errors) with the
@@ -21,6 +23,8 @@ from gearkv.api.errors import GearKVError  # plain exceptions only: no grpc, pro
 
 __all__ = [
     "BackendUnavailable",
+    "CalibrationError",
+    "CalibrationMismatch",
     "CodecError",
     "CorruptBlob",
     "InvalidInput",
@@ -57,3 +61,12 @@ class UnsupportedFormatVersion(CodecError):
         super().__init__(f"unsupported codec format version {version}; this codec reads {list(supported)}")
         self.version = version
         self.supported = supported
+
+
+class CalibrationError(CodecError):
+    """A codec calibration file is unreadable, damaged (checksum mismatch) or malformed."""
+
+
+class CalibrationMismatch(CalibrationError):
+    """A blob or model needs another calibration than the one given (or one where none was given):
+    decoding under another calibration would return wrong tensors, so it is refused."""
