@@ -344,7 +344,10 @@ class Codec:
                 tensors.update(_gtc.compress_gtc(source, beta, g, store))
             escapes = (len(tensors.get("k.eidx", ())), len(tensors.get("v.eidx", ())))
             plan = _plan(cfg, len(layers), kshape, vshape, sink, store, escapes)
-            extra = {"escapes": list(escapes), "calibration": self._calibration.digest if self._calibration else ""}
+            extra = {
+                "escapes": list(escapes),
+                "calibration": self._calibration.digest if self._calibration else "",
+            }
         elif plan.parts is None:
             tensors = {"k": keys.to(store), "v": values.to(store)}
         else:
@@ -368,7 +371,11 @@ class Codec:
 
 
 def _gtc_betas(
-    cfg: CodecConfig, calibration: Calibration | None, layers: int, kshape: Sequence[int], device: torch.device
+    cfg: CodecConfig,
+    calibration: Calibration | None,
+    layers: int,
+    kshape: Sequence[int],
+    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row steps [layers * batch * kv_heads] of keys and values: the preset's step times the
     calibration's per-layer scale."""

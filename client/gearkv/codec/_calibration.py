@@ -60,7 +60,11 @@ class Calibration:
     stats: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.layers, int) or isinstance(self.layers, bool) or not 1 <= self.layers <= MAX_LAYERS:
+        if (
+            not isinstance(self.layers, int)
+            or isinstance(self.layers, bool)
+            or not 1 <= self.layers <= MAX_LAYERS
+        ):
             raise CalibrationError(f"layers must be an integer in [1, {MAX_LAYERS}], got {self.layers!r}")
         for name in ("k_scale", "v_scale"):
             scales = getattr(self, name)
@@ -130,9 +134,13 @@ class Calibration:
         try:
             doc = json.loads(text)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CalibrationError(f"{source}: not a codec calibration file (unreadable JSON: {exc})") from exc
+            raise CalibrationError(
+                f"{source}: not a codec calibration file (unreadable JSON: {exc})"
+            ) from exc
         if not isinstance(doc, dict) or doc.get("format") != CALIBRATION_FORMAT:
-            raise CalibrationError(f"{source}: not a codec calibration file (format is not {CALIBRATION_FORMAT!r})")
+            raise CalibrationError(
+                f"{source}: not a codec calibration file (format is not {CALIBRATION_FORMAT!r})"
+            )
         if doc.get("version") != CALIBRATION_VERSION:
             raise CalibrationError(
                 f"{source}: calibration file version {doc.get('version')!r} unsupported; this codec reads "
@@ -146,7 +154,9 @@ class Calibration:
         except (TypeError, ValueError) as exc:
             raise CalibrationError(f"{source}: calibration body is not plain JSON: {exc}") from exc
         if digest != doc.get("sha256"):
-            raise CalibrationError(f"{source}: checksum mismatch: the calibration file is damaged or was edited")
+            raise CalibrationError(
+                f"{source}: checksum mismatch: the calibration file is damaged or was edited"
+            )
         try:
             return cls(
                 fingerprint=str(body["fingerprint"]),
@@ -167,7 +177,9 @@ class Calibration:
         p = Path(path)
         try:
             if p.stat().st_size > _MAX_FILE:
-                raise CalibrationError(f"{p}: {p.stat().st_size} bytes is too large for a codec calibration file")
+                raise CalibrationError(
+                    f"{p}: {p.stat().st_size} bytes is too large for a codec calibration file"
+                )
             text = p.read_bytes()
         except OSError as exc:
             raise CalibrationError(f"cannot read codec calibration {p}: {exc.strerror or exc}") from exc

@@ -100,7 +100,9 @@ def _steps(g: GtcGeometry, spread: torch.Tensor, beta: torch.Tensor) -> torch.Te
     return s[:, :, None] if g.key else s[:, None, :]
 
 
-def compress_gtc(x: torch.Tensor, beta: torch.Tensor, g: GtcGeometry, hp: torch.dtype) -> dict[str, torch.Tensor]:
+def compress_gtc(
+    x: torch.Tensor, beta: torch.Tensor, g: GtcGeometry, hp: torch.dtype
+) -> dict[str, torch.Tensor]:
     """Compress one part ``x`` [N, tokens, dim] with per-row steps ``beta`` [N] (fp32) into its sections.
 
     The escape count is data dependent: the caller reads it from ``len(out[prefix + "eidx"])``.
@@ -134,7 +136,9 @@ def compress_gtc(x: torch.Tensor, beta: torch.Tensor, g: GtcGeometry, hp: torch.
     return out
 
 
-def decompress_gtc(sections: dict[str, torch.Tensor], beta: torch.Tensor, g: GtcGeometry, out: torch.Tensor) -> None:
+def decompress_gtc(
+    sections: dict[str, torch.Tensor], beta: torch.Tensor, g: GtcGeometry, out: torch.Tensor
+) -> None:
     """Write the reconstruction of one part into ``out`` [N, tokens, dim] (any float dtype)."""
     p = g.prefix
     if g.sink:
@@ -142,7 +146,12 @@ def decompress_gtc(sections: dict[str, torch.Tensor], beta: torch.Tensor, g: Gtc
     if g.body == 0:
         return
     packed = sections[p + "codes"]
-    q = torch.stack([packed & 15, packed >> 4], dim=3).view(g.n, g.dim, -1)[:, :, : g.body].float().sub_(-QMIN)
+    q = (
+        torch.stack([packed & 15, packed >> 4], dim=3)
+        .view(g.n, g.dim, -1)[:, :, : g.body]
+        .float()
+        .sub_(-QMIN)
+    )
     step = _steps(g, decode_spreads(sections[p + "snorm"], sections[p + "scode"]), beta.to(packed.device))
     y = torch.addcmul(sections[p + "mean"].float()[:, :, None], q, step)  # [N, dim, body]
     if g.escapes:

@@ -45,8 +45,11 @@ def _zstd() -> Any:
     try:
         import zstandard
     except ImportError as exc:  # pragma: no cover - a dependency of gearkv[codec]
-        raise CodecError("the entropy stage needs the zstandard package (pip install 'gearkv[codec]')") from exc
+        raise CodecError(
+            "the entropy stage needs the zstandard package (pip install 'gearkv[codec]')"
+        ) from exc
     return zstandard
+
 
 Section = tuple[str, torch.dtype, tuple[int, ...]]
 
