@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "gearkv.worker.calibrate",
         "choose layers that share KV (KVSharer) for a model; writes a plan for --sharing-plan",
     ),
+    "calibrate-codec": (
+        "gearkv.worker.calibrate_codec",
+        "calibrate the gtc codecs for a model; writes a file for --codec-calibration",
+    ),
     "store": ("gearkv.store.cli", "serve the KV store over gRPC (Redis or Redis Cluster backend)"),
     "bench": ("gearkv.bench.cli", "benchmarks: codec, store, resume"),
 }
