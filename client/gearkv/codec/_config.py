@@ -198,8 +198,8 @@ PRESETS: dict[str, CodecConfig] = {
     "gear3": CodecConfig(k_bits=3, v_bits=3, k_group=64, v_group=64, k_outliers=1 / 256),
     "gear4": CodecConfig(k_bits=4, v_bits=4, k_group=64, v_group=64),
     # Calibrated, entropy-coded (format v2): see _gtc.py and docs/codec.md for the measurements.
-    "gtc2": CodecConfig(mode="gtc", k_step=0.8, v_step=1.6, entropy="zstd"),
-    "gtc3": CodecConfig(mode="gtc", k_step=0.45, v_step=0.9, entropy="zstd"),
+    "gtc2": CodecConfig(mode="gtc", k_step=0.9, v_step=1.8, entropy="zstd"),
+    "gtc3": CodecConfig(mode="gtc", k_step=0.5, v_step=1.0, entropy="zstd"),
 }
 
 
