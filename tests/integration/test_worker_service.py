@@ -203,6 +203,21 @@ def test_cli_rejects_bad_flags() -> None:
     assert done.returncode == 2 and "codec" in done.stderr
 
 
+def test_cli_refuses_a_gtc_codec_without_a_usable_calibration(tmp_path: Path) -> None:
+    worker = [sys.executable, "-m", "gearkv.cli", "worker", "--port", "0", "--codec", "gtc2"]
+    done = subprocess.run(worker, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "--codec gtc2 needs --codec-calibration FILE" in done.stderr and "Traceback" not in done.stderr
+    damaged = tmp_path / "cal.json"
+    damaged.write_text('{"format": "gearkv-codec-calibration", "version": 1, "sha256": "0", "body": {}}')
+    done = subprocess.run(
+        [*worker, "--codec-calibration", str(damaged)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--codec-calibration: " in done.stderr and "checksum mismatch" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 # -- cancellation, shutdown, malformed requests ----------------------------------------------------
 
 

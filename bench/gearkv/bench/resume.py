@@ -24,6 +24,12 @@ its ``link_gbps`` (None: loopback, no proxy) and ``link_bytes`` (bytes that cros
 store per resume). The repeats go round the link speeds in turn, so that all see the same machine
 load. The proxy is Python: it forwards ~9 Gbit/s at most on a 2-core machine, so faster links are
 capped there.
+
+The calibrated presets (``--presets gtc2 gtc3``) run with ``--codec-calibration FILE`` (from ``gearkv
+calibrate-codec``) when given; otherwise the model is calibrated on first use (``ensure_calibration``:
+a few minutes on a CPU, a step of the progress bar) and the file cached per model under
+``~/.cache/gearkv``. Both workers of a preset (the one that commits and the fresh one that resumes)
+use that calibration, and so does the floor's in-memory decode.
 """
 
 from __future__ import annotations
@@ -116,13 +122,15 @@ def _gbps_list(text: str) -> list[float]:
 
 def _check_presets(names: Sequence[str]) -> list[str]:
     """The presets the worker cannot build, each with the codec's reason (the worker's own lookup,
-    ``Codec.from_preset``, decides, so any preset the codec knows is accepted)."""
-    from gearkv.codec import Codec, CodecError
+    ``Codec.from_preset``, decides, so any preset the codec knows is accepted; a calibrated one is
+    tried with a stand-in calibration, its own comes with the model)."""
+    from gearkv.codec import Calibration, Codec, CodecError
+    from gearkv.worker.codec_setup import needs_calibration
 
     bad = []
     for name in names:
         try:
-            Codec.from_preset(name)
+            Codec.from_preset(name, calibration=Calibration.uniform(1) if needs_calibration(name) else None)
         except CodecError as err:
             bad.append(f"{name}: {err}")
     return bad
@@ -146,7 +154,8 @@ def main(argv: Sequence[str], prog: str = "gearkv bench resume") -> int:
         nargs="+",
         default=list(PRESETS),
         metavar="PRESET",
-        help=f"codec presets, any the codec knows (default: {' '.join(PRESETS)})",
+        help=f"codec presets, any the codec knows (default: {' '.join(PRESETS)}; gtc2 gtc3 take "
+        "--codec-calibration)",
     )
     parser.add_argument(
         "--link-gbps",
@@ -161,6 +170,14 @@ def main(argv: Sequence[str], prog: str = "gearkv bench resume") -> int:
         type=int,
         default=None,
         help="runs per figure, median reported (default: 3, with --quick 2)",
+    )
+    parser.add_argument(
+        "--codec-calibration",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="codec calibration file from `gearkv calibrate-codec` for the gtc presets, passed to both "
+        "workers (default: calibrate the model on first use and cache the file under ~/.cache/gearkv)",
     )
     parser.add_argument("--chunk-size", type=int, default=256, help="tokens per stored chunk")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -192,11 +209,26 @@ def main(argv: Sequence[str], prog: str = "gearkv bench resume") -> int:
     bad = _check_presets(args.presets)
     if bad:
         parser.error(f"unusable presets: {'; '.join(bad)}")
+    args.calibration = None  # the Calibration of --codec-calibration, read before the model loads
+    if args.codec_calibration is not None:
+        from gearkv.codec import CalibrationError
+        from gearkv.worker.codec_setup import load_calibration
+
+        try:
+            args.calibration = load_calibration(args.codec_calibration)
+        except CalibrationError as exc:
+            parser.error(str(exc))
     links: list[float | None] = [None, *(args.link_gbps or ())]
     from gearkv.worker.app import interrupt_on_sigterm
 
     interrupt_on_sigterm()
-    rows = _run(contexts, args.presets, repeat, args, links)
+    from gearkv.codec import CalibrationError
+
+    try:
+        rows = _run(contexts, args.presets, repeat, args, links)
+    except CalibrationError as exc:  # --codec-calibration of another model (or layer count)
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
     _print(rows)
     if args.json is not None:
         doc = {
@@ -366,6 +398,7 @@ def _run(
     from gearkv.client import KVStoreClient
     from gearkv.store.local import LocalRedis, LocalStore
     from gearkv.store.redis_keys import chunk_redis_key
+    from gearkv.worker.codec_setup import needs_calibration, worker_codec
     from gearkv.worker.config import SessionOptions
     from gearkv.worker.engine import Engine, SamplingParams
     from gearkv.worker.fingerprint import model_fingerprint
@@ -396,13 +429,30 @@ def _run(
                 stack.callback(linked.close)
                 linked.ping()  # connected before anything is timed
                 shaped[gbps] = (linked, proxy)
-        # Steps: the model, then per context its recompute and per preset the push and each resume.
+        # Steps: the model (and its codec calibration, for gtc presets), then per context its
+        # recompute and per preset the push and each resume.
         resumes = repeat * len(links)
-        steps = 1 + len(contexts) * (1 + len(presets) * (1 + resumes))
+        calibrated = any(needs_calibration(p) for p in presets)
+        steps = 1 + int(calibrated) + len(contexts) * (1 + len(presets) * (1 + resumes))
         tick = stack.enter_context(progress(steps, first="loading the model"))
-        engine = Engine(load_model())
+        loaded = load_model()
+        fingerprint = model_fingerprint(loaded)
+        calibration = getattr(args, "calibration", None) if calibrated else None
+        if calibrated:
+            if calibration is None:  # on the model, before anything else runs on it
+                from gearkv.worker.codec_calibration import ensure_calibration
+
+                calibration = ensure_calibration(loaded, fingerprint)
+            tick(f"codec calibration {calibration.digest} ready")
+        engine = Engine(loaded)
         engine.warmup()
-        fingerprint = model_fingerprint(engine.loaded)
+        for preset in presets:  # the workers' own checks (model, layers), before anything is timed
+            worker_codec(
+                preset,
+                calibration if needs_calibration(preset) else None,
+                fingerprint=fingerprint,
+                kv_layers=engine.kv_layers,
+            )
         tick("model ready")
         one = SamplingParams(max_new_tokens=1)
         for ctx in contexts:
@@ -421,7 +471,10 @@ def _run(
             for preset in presets:
                 opts = SessionOptions(codec=preset, chunk_size=args.chunk_size, hot_cache_bytes=0)
                 session = f"bench-{preset}-{ctx}"
-                writer = Worker(engine, client, opts, WorkerMetrics(), fingerprint=fingerprint)
+                cal = calibration if needs_calibration(preset) else None
+                writer = Worker(
+                    engine, client, opts, WorkerMetrics(), fingerprint=fingerprint, calibration=cal
+                )
                 first = writer.generate([*context, 0], one, session_id=session).run()
                 assert first.push is not None
                 pushed = first.push.result()
@@ -440,7 +493,9 @@ def _run(
                 for n, ((i, gbps), follow_up) in enumerate(zip(turns, prompts, strict=True), 1):
                     via, link = shaped[gbps]
                     before = link.bytes_to_client if link is not None else 0
-                    fresh = Worker(engine, via, opts, WorkerMetrics(), fingerprint=fingerprint)
+                    fresh = Worker(
+                        engine, via, opts, WorkerMetrics(), fingerprint=fingerprint, calibration=cal
+                    )
                     turn = fresh.generate(follow_up, one, session_id=session).run()
                     fresh.close()
                     crossed = link.bytes_to_client - before if link is not None else 0
@@ -449,7 +504,7 @@ def _run(
                     if s.source != "store" or s.tokens_reused != ctx:
                         raise RuntimeError(f"resume did not reuse exactly the {ctx}-token context: {s}")
                     get_s = _redis_get(rclient, rkeys)
-                    dec_s = _decode_all(blobs, engine.device, engine.loaded.dtype)
+                    dec_s = _decode_all(blobs, engine.device, engine.loaded.dtype, cal)
                     samples[gbps].append(
                         (s.ttft_s, s.ttft_s - s.prefill_s, s.pull_s, get_s, dec_s, float(crossed))
                     )
@@ -506,13 +561,14 @@ def _redis_get(rclient: Any, rkeys: Sequence[str]) -> float:
     return elapsed
 
 
-def _decode_all(blobs: Sequence[bytes], device: Any, dtype: Any) -> float:
-    """The codec decoding the blobs in memory, one after the other."""
+def _decode_all(blobs: Sequence[bytes], device: Any, dtype: Any, calibration: Any = None) -> float:
+    """The codec decoding the blobs in memory, one after the other (``calibration``: the one the gtc
+    presets' blobs were written with)."""
     from gearkv.codec import decode
 
     t0 = time.perf_counter()
     for b in blobs:
-        decode(b, device=device, dtype=dtype)
+        decode(b, device=device, dtype=dtype, calibration=calibration)
     return time.perf_counter() - t0
 
 

@@ -11,6 +11,8 @@ import time
 from typing import Any
 
 import torch
+from gearkv.codec import CalibrationError
+from gearkv.worker.codec_setup import load_calibration, missing_calibration, needs_calibration
 from gearkv.worker.config import WorkerConfig
 from gearkv.worker.engine import Engine
 from gearkv.worker.fingerprint import model_fingerprint
@@ -46,27 +48,45 @@ def build_worker(
 ) -> Worker:
     """Load (or reuse) the model, warm it up and wire the store client and metrics.
 
-    With ``cfg.session.sharing_plan`` the engine runs the model with that KVSharer plan.
+    With ``cfg.session.sharing_plan`` the engine runs the model with that KVSharer plan; a gtc
+    ``cfg.session.codec`` is bound to the calibration in ``cfg.session.codec_calibration``.
 
     Raises:
         SharingPlanError: the plan file is unreadable or invalid, or made for another model.
         UnsupportedSharingError: the model lacks the attention layout KV sharing needs.
+        CalibrationError: a gtc codec without ``--codec-calibration``, an unreadable or damaged
+            calibration file, one made for another model, or for another number of stored KV layers
+            (a KV sharing plan stores only its owner layers); the message names the flag.
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     fingerprint = None
+    # The codec calibration, read once, before the model loads (a bad file fails at once); the Worker
+    # checks it against the model and the layers it stores.
+    calibration = None
+    if needs_calibration(cfg.session.codec):
+        if not cfg.session.codec_calibration:
+            raise missing_calibration(cfg.session.codec)
+        calibration = load_calibration(cfg.session.codec_calibration)
+    elif cfg.session.codec_calibration:
+        log.warning(
+            "--codec-calibration is ignored: --codec %s needs no calibration (only gtc2 and gtc3 do)",
+            cfg.session.codec,
+        )
     if engine is None:
         plan = load_plan(cfg.session.sharing_plan) if cfg.session.sharing_plan else None
         loaded = loaded or load_model(cfg.model, cfg.gguf_file, cfg.device, cfg.dtype)
-        if plan is not None:
+        if plan is not None or calibration is not None:
             fingerprint = model_fingerprint(loaded)
+        if plan is not None:
+            assert fingerprint is not None
             plan.check_model(fingerprint)  # before the model is changed
         engine = Engine(loaded, sharing=plan)
         engine.warmup()
     if client is None:
         client = connect_store(cfg.store, cfg.token, cfg.store_timeout_s)
     metrics = WorkerMetrics(registry if registry is not None else CollectorRegistry())
-    worker = Worker(engine, client, cfg.session, metrics, fingerprint=fingerprint)
+    worker = Worker(engine, client, cfg.session, metrics, fingerprint=fingerprint, calibration=calibration)
     metrics.track_hot_cache(worker.hot)
     return worker
 
@@ -124,6 +144,11 @@ def serve(cfg: WorkerConfig) -> int:
         if http is not None:
             http.stop(0)
         return 1
+    except CalibrationError as exc:  # a usage error, like a bad flag: no traceback, exit 2
+        log.error("%s", exc)
+        if http is not None:
+            http.stop(0)
+        return 2
     # Handlers before the port opens, so a SIGTERM right after it answers still drains the worker.
     # The handler only flips a flag: taking a lock in a signal handler (threading.Event.set) can
     # deadlock against the same lock held by the interrupted main thread.

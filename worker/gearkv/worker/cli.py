@@ -48,6 +48,10 @@ def config_from_args(
 
         if cfg.session.codec not in PRESETS:
             raise ValueError(f"codec must be one of {sorted(PRESETS)}")
+        from gearkv.worker.codec_setup import missing_calibration, needs_calibration
+
+        if needs_calibration(cfg.session.codec) and not cfg.session.codec_calibration:
+            raise ValueError(str(missing_calibration(cfg.session.codec)))
         return cfg
     except ValueError as exc:
         parser.error(str(exc))

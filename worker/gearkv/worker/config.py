@@ -23,7 +23,15 @@ class SessionOptions:
         "gear4",
         flag="--codec",
         env="GEARKV_CODEC",
-        help="codec preset: fp16 raw kivi2 kivi4 gear2 gear3 gear4",
+        help="codec preset: fp16 raw kivi2 kivi4 gear2 gear3 gear4 gtc2 gtc3 (gtc2 and gtc3 need "
+        "--codec-calibration)",
+    )
+    codec_calibration: str | None = option(
+        None,
+        flag="--codec-calibration",
+        env="GEARKV_CODEC_CALIBRATION",
+        help="codec calibration file from `gearkv calibrate-codec`, made for this model: the gtc presets "
+        "need one; stored KV is namespaced by its digest (unset: the other presets need none)",
     )
     chunk_size: int = option(
         256, flag="--chunk-size", env="GEARKV_CHUNK_SIZE", help="tokens per stored chunk"

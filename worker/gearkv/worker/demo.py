@@ -10,6 +10,11 @@ KV bytes raw (16-bit) vs stored. Ends with a summary table and stops everything 
 
 With ``--sharing-plan FILE`` (from ``gearkv calibrate-sharing``) the model runs with that KVSharer
 plan, and the table also shows the layers shared and the stored bytes they saved.
+
+``--codec gtc2`` / ``gtc3`` (the calibrated presets) use ``--codec-calibration FILE`` when given;
+otherwise the model is calibrated on first use (``ensure_calibration``, a few minutes on a CPU, shown
+as it goes) and the file is cached per model (under ``~/.cache/gearkv``, ``$GEARKV_CACHE_DIR``), so
+later runs start at once.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any
 
 from gearkv.cli import HelpFormatter
 
-__all__ = ["TurnRow", "build_script", "default_text_path", "load_passages", "main"]
+__all__ = ["TurnRow", "build_script", "default_text_path", "demo_calibration", "load_passages", "main"]
 
 _BUNDLED = Path(__file__).with_name("demo_passages.txt")
 _QUESTIONS = (
@@ -137,7 +142,20 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--gguf-file", help="GGUF file inside --model")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", help="float32, float16 or bfloat16")
-    p.add_argument("--codec", default="gear4", help="codec preset (fp16 raw kivi2 kivi4 gear2 gear3 gear4)")
+    p.add_argument(
+        "--codec",
+        default="gear4",
+        help="codec preset (fp16 raw kivi2 kivi4 gear2 gear3 gear4 gtc2 gtc3; gtc2 and gtc3 are calibrated "
+        "for the model on first use, see --codec-calibration)",
+    )
+    p.add_argument(
+        "--codec-calibration",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="codec calibration file from `gearkv calibrate-codec` for --codec gtc2/gtc3 (default: "
+        "calibrate the model on first use and cache the file per model under ~/.cache/gearkv)",
+    )
     p.add_argument("--chunk-size", type=int, default=256, help="tokens per stored chunk")
     p.add_argument("--turns", type=int, default=6, help="number of turns (at least 5 for the full story)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="answer length cap per turn")
@@ -271,6 +289,16 @@ def main(argv: Sequence[str], prog: str = "gearkv demo") -> int:
     if args.codec not in PRESETS:
         print(f"{prog}: --codec must be one of {sorted(PRESETS)}", file=sys.stderr)
         return 2
+    from gearkv.worker.codec_setup import needs_calibration
+
+    if needs_calibration(args.codec) and args.sharing_plan is not None and args.codec_calibration is None:
+        print(
+            f"{prog}: --codec {args.codec} with --sharing-plan: a calibration made on first use covers "
+            "all the model's layers, but only the plan's owner layers are stored; pass "
+            "--codec-calibration FILE of those layers, or use another codec (e.g. gear4)",
+            file=sys.stderr,
+        )
+        return 2
     if args.prometheus and (args.openai or args.store_in_process):
         print(
             f"{prog}: --prometheus runs with the store as a child process, without --openai", file=sys.stderr
@@ -290,13 +318,52 @@ def main(argv: Sequence[str], prog: str = "gearkv demo") -> int:
         return 130
 
 
+def demo_calibration(
+    args: argparse.Namespace, loaded: Any, fingerprint: str, status: Any, console: Any
+) -> Any:
+    """The codec calibration for ``args.codec`` (None for the presets that need none): the
+    ``--codec-calibration`` file, else this model's cached one, made on first use with its progress
+    shown in ``status`` (a rich status). Call it before a sharing plan changes the model.
+
+    Raises:
+        CalibrationError: an unreadable or damaged ``--codec-calibration`` file.
+    """
+    from gearkv.worker.codec_setup import load_calibration, needs_calibration
+
+    if not needs_calibration(args.codec):
+        return None
+    if args.codec_calibration is not None:
+        cal = load_calibration(args.codec_calibration)
+        console.print(f"[bold]codec calibration[/] {cal.digest} from {args.codec_calibration}")
+        return cal
+    from gearkv.worker.codec_calibration import default_calibration_path, ensure_calibration
+
+    path = default_calibration_path(fingerprint)
+    measured: list[int] = []
+
+    def progress(done: int, total: int, what: str) -> None:
+        measured.append(done)
+        status.update(
+            f"calibrating codec {args.codec} for this model (first use only; cached in {path}): "
+            f"{done}/{total}, {what}"
+        )
+
+    status.update(f"codec {args.codec}: looking for this model's calibration in {path}...")
+    cal = ensure_calibration(loaded, fingerprint, path, progress=progress)
+    how = "made on first use and cached in" if measured else "cached in"
+    console.print(f"[bold]codec calibration[/] {cal.digest} ({cal.layers} layers), {how} {path}")
+    return cal
+
+
 def _run(args: argparse.Namespace) -> int:
     import grpc
     import torch
     from gearkv.api.v1 import worker_pb2 as wpb
     from gearkv.api.v1 import worker_pb2_grpc
     from gearkv.client import KVStoreClient
+    from gearkv.codec import CalibrationError
     from gearkv.store.local import LocalRedis, LocalStore, free_port
+    from gearkv.worker.codec_setup import worker_codec
     from gearkv.worker.config import SessionOptions
     from gearkv.worker.engine import Engine, SamplingParams
     from gearkv.worker.fingerprint import model_fingerprint
@@ -341,7 +408,7 @@ def _run(args: argparse.Namespace) -> int:
             if shared_metrics
             else None
         )
-        with console.status("loading the model (the first run converts the GGUF file, ~30 s)..."):
+        with console.status("loading the model (the first run converts the GGUF file, ~30 s)...") as loading:
             loaded = load_model(args.model, args.gguf_file, args.device, args.dtype)
             fingerprint = model_fingerprint(loaded)
             if plan is not None:
@@ -350,8 +417,25 @@ def _run(args: argparse.Namespace) -> int:
                 except SharingPlanError as exc:
                     console.print(f"[red]{exc}[/red]")
                     return 2
+            try:  # on the model as loaded, before a sharing plan changes it
+                calibration = demo_calibration(args, loaded, fingerprint, loading, console)
+            except CalibrationError as exc:
+                console.print(f"[red]{exc}[/red]")
+                return 2
+            loading.update("warming up the model...")
             engine = Engine(loaded, sharing=plan)
             engine.warmup()
+            try:  # the checks every fresh worker makes: refused here once, clearly
+                worker_codec(
+                    args.codec,
+                    calibration,
+                    fingerprint=fingerprint,
+                    kv_layers=engine.kv_layers,
+                    sharing=plan is not None,
+                )
+            except CalibrationError as exc:
+                console.print(f"[red]{exc}[/red]")
+                return 2
         console.print(f"[bold]model[/] {loaded.name} on {loaded.device} ({loaded.dtype}); codec {args.codec}")
         shared = plan.shared_layers if plan is not None else 0
         if plan is not None:
@@ -369,7 +453,12 @@ def _run(args: argparse.Namespace) -> int:
 
         for number, message in enumerate(script, 1):
             worker = Worker(
-                engine, client, options, shared_metrics or WorkerMetrics(), fingerprint=fingerprint
+                engine,
+                client,
+                options,
+                shared_metrics or WorkerMetrics(),
+                fingerprint=fingerprint,
+                calibration=calibration,
             )
             if shared_metrics is not None:
                 shared_metrics.track_hot_cache(worker.hot)
@@ -494,6 +583,7 @@ def _run(args: argparse.Namespace) -> int:
                 "device": str(loaded.device),
                 "dtype": str(loaded.dtype).removeprefix("torch."),
                 "codec": args.codec,
+                "codec_calibration": calibration.digest if calibration is not None else None,
                 "chunk_size": args.chunk_size,
                 "sharing_plan": plan.to_json() if plan is not None else None,
                 "turns": [asdict(r) for r in rows],

@@ -42,6 +42,7 @@ REASONS = frozenset(
         "fingerprint_mismatch",
         "sharing_mismatch",
         "codec_mismatch",
+        "calibration_mismatch",
         "namespace_mismatch",
         "prefix_diverged",
         "below_min_reuse",

@@ -18,7 +18,7 @@ import time
 from contextlib import ExitStack
 from typing import Any
 
-from gearkv.worker.demo import build_script, default_text_path, load_passages
+from gearkv.worker.demo import build_script, default_text_path, demo_calibration, load_passages
 
 __all__ = ["run"]
 
@@ -32,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import torch
     from gearkv.client import KVStoreClient
+    from gearkv.codec import CalibrationError
     from gearkv.store.local import LocalRedis, LocalStore
+    from gearkv.worker.codec_setup import worker_codec
     from gearkv.worker.config import SessionOptions
     from gearkv.worker.engine import Engine, SamplingParams
     from gearkv.worker.fingerprint import model_fingerprint
@@ -52,18 +54,36 @@ def run(args: argparse.Namespace) -> int:
         with console.status("starting redis-server and the store..."):
             redis_url = args.redis_url or stack.enter_context(LocalRedis()).url
             store = stack.enter_context(LocalStore(redis_url, in_process=args.store_in_process))
-        with console.status("loading the model..."):
+        with console.status("loading the model...") as status:
             loaded = load_model(args.model, args.gguf_file, args.device, args.dtype)
             fingerprint = model_fingerprint(loaded)
+            try:
+                calibration = demo_calibration(args, loaded, fingerprint, status, console)
+            except CalibrationError as exc:
+                console.print(f"[red]{exc}[/red]")
+                return 2
+            status.update("warming up the model...")
             engine = Engine(loaded)
             engine.warmup()
+            try:  # the checks every fresh worker makes: refused here once, clearly
+                worker_codec(args.codec, calibration, fingerprint=fingerprint, kv_layers=engine.kv_layers)
+            except CalibrationError as exc:
+                console.print(f"[red]{exc}[/red]")
+                return 2
         console.print(f"[bold]store[/] {store.address} · [bold]model[/] {loaded.name} · codec {args.codec}")
         store_client = KVStoreClient(store.address, token=store.token)
         stack.callback(store_client.close)
         options = SessionOptions(codec=args.codec, chunk_size=args.chunk_size, hot_cache_bytes=0)
         messages: list[Any] = []  # openai's message params are TypedDicts: plain dicts here
         for number, message in enumerate(script, 1):
-            worker = Worker(engine, store_client, options, WorkerMetrics(), fingerprint=fingerprint)
+            worker = Worker(
+                engine,
+                store_client,
+                options,
+                WorkerMetrics(),
+                fingerprint=fingerprint,
+                calibration=calibration,
+            )
             api = HttpApi(push_wait_s=30)
             api.attach(worker)
             api.start()
@@ -146,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(table)
         if args.json is not None:
             doc = {"model": loaded.name, "api": "openai", "codec": args.codec, "chunk_size": args.chunk_size}
+            doc["codec_calibration"] = calibration.digest if calibration is not None else None
             args.json.write_text(json.dumps(doc | {"turns": rows}, indent=2) + "\n")
             console.print(f"wrote {args.json}")
     return 0

@@ -22,6 +22,7 @@ from gearkv.worker.transfer import PushResult
 __all__ = ["LocalRecord", "SessionTable", "TurnView", "merge_refs", "view_of_manifest", "view_of_record"]
 
 MAX_LOCAL_SESSIONS = 4096  # session records kept per worker (committed ones are dropped first)
+CALIBRATION_DIGEST_CHARS = 16  # hex digits of a codec calibration's digest (Calibration.digest)
 
 
 @dataclass
@@ -83,7 +84,8 @@ def view_of_record(local: LocalRecord | None) -> TurnView:
 
 def view_of_manifest(manifest: Manifest, namespace: Namespace, *, sharing: str = "") -> TurnView:
     """A turn's view of the store's manifest; KV of another namespace is not reused (the fault says
-    why: another model, another KV sharing plan, another codec, or another chunk size).
+    why: another model, another KV sharing plan, the same codec under another calibration, another
+    codec, or another chunk size).
 
     Args:
         sharing: the digest of the KV sharing plan this worker runs ("" without one); the manifest
@@ -106,12 +108,28 @@ def view_of_manifest(manifest: Manifest, namespace: Namespace, *, sharing: str =
             if base_fingerprint(ns.fingerprint) != base_fingerprint(namespace.fingerprint)
             else "sharing_mismatch"
             if ns.fingerprint != namespace.fingerprint or recorded != sharing
+            else "calibration_mismatch"
+            if _calibration_only(ns.codec_id, namespace.codec_id)
             else "codec_mismatch"
             if ns.codec_id != namespace.codec_id
             else "namespace_mismatch"
         )
         view.token_ids, view.chunks = (), ()  # that KV is not ours to reuse
     return view
+
+
+def _calibration_only(stored: str, ours: str) -> bool:
+    """Whether two codec ids differ only by the calibration digest that ends them
+    (``gtc2.v2.<digest>``, ``custom.v2.<hash12>.<digest>``): the same codec, another calibration."""
+    if stored == ours:
+        return False
+    head, _, digest = stored.rpartition(".")
+    our_head, _, our_digest = ours.rpartition(".")
+    return bool(head) and head == our_head and _is_digest(digest) and _is_digest(our_digest)
+
+
+def _is_digest(text: str) -> bool:
+    return len(text) == CALIBRATION_DIGEST_CHARS and all(c in "0123456789abcdef" for c in text)
 
 
 def merge_refs(a: Sequence[ChunkRef], b: Sequence[ChunkRef]) -> tuple[ChunkRef, ...]:

@@ -34,10 +34,11 @@ from typing import Any
 
 from gearkv.client import ChatMessage, ChunkRef, TurnStart, errors
 from gearkv.client.keys import Namespace, chunk_key, is_valid_session_id
-from gearkv.codec import Codec, CodecError
+from gearkv.codec import Calibration, CodecError
 from gearkv.worker import hf_cache
 from gearkv.worker.admission import Admission
 from gearkv.worker.chunking import common_prefix
+from gearkv.worker.codec_setup import load_calibration, needs_calibration, worker_codec
 from gearkv.worker.config import SessionOptions
 from gearkv.worker.engine import Delta, Engine, Generation, SamplingParams
 from gearkv.worker.errors import InvalidRequest, SessionBusy
@@ -154,6 +155,14 @@ class Worker:
         client: the store (a ``gearkv.client.KVStoreClient``; None: no store, hot cache only).
         options: codec, chunk size, hot cache size, ...
         metrics: Prometheus metrics (a private registry when None).
+        fingerprint: the model's fingerprint (computed from the engine's model when None).
+        calibration: the codec calibration a gtc preset needs (None: ``options.codec_calibration``'s
+            file is loaded, if set).
+
+    Raises:
+        CalibrationError: a gtc preset without a calibration, or with an unreadable one, or one of
+            another model or layer count (the message names ``--codec-calibration``).
+        SharingPlanMismatch: the engine's sharing plan was made for another model.
     """
 
     def __init__(
@@ -164,18 +173,30 @@ class Worker:
         metrics: WorkerMetrics | None = None,
         *,
         fingerprint: str | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         self.engine = engine
         self.client = client
         self.options = options or SessionOptions()
         self.metrics = metrics or WorkerMetrics()
-        self.codec = Codec.from_preset(self.options.codec)
         # KV is stored under the model's fingerprint, plus the sharing plan's digest when the engine
         # runs one (KVSharer): KV of one plan is never read under another.
         model_fp = fingerprint or model_fingerprint(engine.loaded)
         plan = engine.sharing
         if plan is not None:
             plan.check_model(model_fp)
+        # A gtc preset is bound to its calibration (its digest ends the codec id, so the namespace).
+        if calibration is None and self.options.codec_calibration and needs_calibration(self.options.codec):
+            calibration = load_calibration(self.options.codec_calibration)
+        self.codec = worker_codec(
+            self.options.codec,
+            calibration,
+            fingerprint=model_fp,
+            kv_layers=engine.kv_layers,
+            sharing=plan is not None,
+        )
+        # What every decode of this worker's chunks needs (None for the presets without calibration).
+        self.calibration: Calibration | None = self.codec.calibration
         self.sharing = plan.digest if plan is not None else ""
         self.fingerprint = sharing_fingerprint(model_fp, plan)
         self.namespace = Namespace(self.fingerprint, self.codec.codec_id, self.options.chunk_size)
@@ -524,7 +545,7 @@ class Worker:
                 if n < could and not view.from_local:  # the manifest names chunks the store lost
                     reasons.append("chunk_missing")  # (a local view may just be ahead of its push)
                 if n > reused and n >= self.options.min_reuse_tokens:
-                    pulled = pull_prefix(get_chunks, stored, n, self.geometry)
+                    pulled = pull_prefix(get_chunks, stored, n, self.geometry, calibration=self.calibration)
                     stats.bytes_pulled, stats.pull_s = pulled.bytes_pulled, pulled.pull_s
                     stats.decompress_s = pulled.decompress_s
                     self.metrics.bytes_pulled.inc(pulled.bytes_pulled)

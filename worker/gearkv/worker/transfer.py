@@ -19,6 +19,8 @@ from gearkv.client import ChatMessage, ChunkRef, Manifest, Namespace, errors
 from gearkv.client.keys import ChunkSpan
 from gearkv.codec import (
     BlobInfo,
+    Calibration,
+    CalibrationMismatch,
     Codec,
     CodecError,
     InvalidInput,
@@ -85,6 +87,8 @@ def fault_reason(exc: BaseException) -> str:
         return "chunk_corrupt"
     if isinstance(exc, UnsupportedFormatVersion):
         return "codec_mismatch"
+    if isinstance(exc, CalibrationMismatch):
+        return "calibration_mismatch"
     if isinstance(exc, CodecError):
         return "chunk_corrupt"
     if isinstance(exc, errors.KVStoreTimeout):
@@ -112,6 +116,8 @@ def pull_prefix(
     chunks: Sequence[ChunkRef],
     tokens: int,
     geometry: KVGeometry,
+    *,
+    calibration: Calibration | None = None,
 ) -> PullResult:
     """Pull and decode the chunks covering the first ``tokens`` positions.
 
@@ -125,6 +131,8 @@ def pull_prefix(
         get_chunks: the SDK's pipelined ``get_chunks`` (bytes in order of the keys given).
         chunks: refs in token order, contiguous from 0 (a lookup's answer).
         tokens: how many leading positions to keep (may end inside the last chunk).
+        calibration: the codec calibration the chunks were written with (the gtc presets; a chunk of
+            another calibration ends the pull with reason ``calibration_mismatch``).
 
     Returns:
         The longest usable prefix; on a fault, the chunks before it and the fault's ``reason``.
@@ -165,7 +173,12 @@ def pull_prefix(
                 keys = _buffer(info.num_layers, info.key_shape, expect, geometry)
                 values = _buffer(info.num_layers, info.value_shape, expect, geometry)
             # decode_into checks every later chunk against the buffers (layers, heads, dims, tokens)
-            decode_into(blob, keys[:, :, :, ref.start : ref.end], values[:, :, :, ref.start : ref.end])
+            decode_into(
+                blob,
+                keys[:, :, :, ref.start : ref.end],
+                values[:, :, :, ref.start : ref.end],
+                calibration=calibration,
+            )
         except InvalidInput:
             result.reason = "fingerprint_mismatch"
             break

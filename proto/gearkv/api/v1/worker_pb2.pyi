@@ -197,8 +197,8 @@ class TurnStats(_message.Message):
     """Why the turn was not a full hit: "new_session", "store_unavailable", "store_timeout" (the store
     did not answer within the worker's read budget), "history_lost" (an earlier answered turn never
     reached the store: its worker died or lost the store; this turn runs on the history without it),
-    "chunk_missing", "chunk_corrupt", "fingerprint_mismatch", "codec_mismatch", "prefix_diverged", ...
-    ("" on a hit).
+    "chunk_missing", "chunk_corrupt", "fingerprint_mismatch", "codec_mismatch", "calibration_mismatch"
+    (the same codec under another calibration), "prefix_diverged", ... ("" on a hit).
     """
     source: _builtins.str
     """Where reused KV came from: "store", "hot_cache" or "" (none)."""
