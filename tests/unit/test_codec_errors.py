@@ -7,6 +7,8 @@ import torch
 from gearkv.api.errors import GearKVError
 from gearkv.codec import (
     PRESETS,
+    CalibrationError,
+    CalibrationMismatch,
     Codec,
     CodecConfig,
     CodecError,
@@ -28,8 +30,9 @@ def kv(*shape: int, dtype: torch.dtype = torch.float16) -> tuple[torch.Tensor, t
 
 
 def test_error_tree() -> None:
-    for cls in (InvalidInput, CorruptBlob, UnsupportedConfig, UnsupportedFormatVersion):
+    for cls in (InvalidInput, CorruptBlob, UnsupportedConfig, UnsupportedFormatVersion, CalibrationError):
         assert issubclass(cls, CodecError)
+    assert issubclass(CalibrationMismatch, CalibrationError)
     assert issubclass(CodecError, ValueError) and issubclass(CodecError, GearKVError)
 
 
@@ -89,6 +92,12 @@ def test_bad_start() -> None:
         ({"power_iters": 0}, "power_iters"),
         ({"sink_tokens": 1000}, "sink_tokens"),
         ({"rotate": 1}, "rotate"),
+        ({"entropy": "gzip"}, "entropy must be one of"),
+        ({"k_step": -0.5}, "k_step must be a number"),
+        ({"v_step": 9.0}, "v_step must be a number"),
+        ({"k_step": True}, "k_step"),
+        ({"mode": "gtc"}, "k_step must be > 0 for mode 'gtc'"),
+        ({"mode": "gtc", "k_step": 0.5}, "v_step must be > 0"),
     ],
 )
 def test_bad_configs(fields: dict[str, object], match: str) -> None:
@@ -103,7 +112,10 @@ def test_unknown_preset_and_config_type() -> None:
         Codec({"k_bits": 2})  # type: ignore[arg-type]
     with pytest.raises(UnsupportedConfig, match="unknown codec config fields"):
         CodecConfig.from_dict({"k_bits": 2, "bogus": 1})
-    assert set(PRESETS) == {"fp16", "raw", "kivi2", "kivi4", "gear2", "gear3", "gear4"}
+    assert set(PRESETS) == {"fp16", "raw", "kivi2", "kivi4", "gear2", "gear3", "gear4", "gtc2", "gtc3"}
+    assert {p for p, cfg in PRESETS.items() if cfg.needs_calibration} == {"gtc2", "gtc3"}
+    with pytest.raises(UnsupportedConfig, match="entropy must be one of"):
+        Codec.from_preset("gear3", entropy="lz4")
 
 
 def test_bad_output_dtype() -> None:

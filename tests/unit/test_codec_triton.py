@@ -40,6 +40,7 @@ if not _COMPILED and "triton" not in sys.modules:
 from gearkv.codec import (  # noqa: E402
     PRESETS,
     BackendUnavailable,
+    Calibration,
     Codec,
     CodecConfig,
     UnsupportedConfig,
@@ -55,6 +56,9 @@ from hypothesis import strategies as st  # noqa: E402
 needs_triton = pytest.mark.skipif(not _triton.available(), reason="triton is not installed (gearkv[kernels])")
 REPO = Path(__file__).resolve().parents[2]
 PATHS = ":".join(str(REPO / p) for p in ("client", "store", "worker", "proto", "bench"))
+# The presets the kernels implement (GEAR/KIVI quantization); gtc has no kernels and runs on torch
+# under any backend (test_gtc_has_no_kernels_and_runs_on_torch).
+KERNEL_PRESETS = sorted(p for p, cfg in PRESETS.items() if cfg.mode == "quant")
 # One step of each output dtype relative to a value: decoded values may round one step apart.
 EPS = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7, torch.float32: 2.0**-23}
 
@@ -162,7 +166,7 @@ def test_blobs_are_identical_and_decodes_agree(case: str, device: torch.device) 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    preset=st.sampled_from(["gear2", "gear3", "gear4", "kivi2", "kivi4"]),
+    preset=st.sampled_from(KERNEL_PRESETS),
     tokens=st.sampled_from([3, 17, 63, 64, 65, 129]),
     dk=st.sampled_from([64, 128]),
     dtype=st.sampled_from([torch.float16, torch.bfloat16]),
@@ -209,6 +213,24 @@ def test_cross_decoding_and_decode_into(device: torch.device) -> None:
             torch.testing.assert_close(big_k[i, :, :, 3:43], k, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(big_v[i, :, :, 3:43], v, rtol=1e-5, atol=1e-5)
         assert bool((big_k[..., :3, :] == 7).all() and (big_k[..., 43:, :] == 7).all())
+
+
+def test_gtc_has_no_kernels_and_runs_on_torch(device: torch.device) -> None:
+    """backend="triton" accepts the gtc presets and writes/reads them on torch (the same bytes, the same
+    tensors); the entropy stage on a GEAR preset compresses the kernels' sections, as torch's."""
+    assert set(KERNEL_PRESETS) == {"gear2", "gear3", "gear4", "kivi2", "kivi4"}
+    layers = make_layers(3, 2, 2, 40, 64, 64, torch.float16)
+    on = [(k.to(device), v.to(device)) for k, v in layers]
+    cal = Calibration.uniform(2)
+    for preset in ("gtc2", "gtc3"):
+        want = Codec.from_preset(preset, backend="torch", calibration=cal).encode(on)
+        got = Codec.from_preset(preset, backend="triton", calibration=cal).encode(on)
+        assert got == want
+        a = decode(want, device, backend="torch", calibration=cal)
+        b = decode(want, device, backend="triton", calibration=cal)
+        for (k, v), (k2, v2) in zip(a, b, strict=True):
+            assert torch.equal(k, k2) and torch.equal(v, v2)
+    assert_same_blobs(replace(PRESETS["gear3"], entropy="zstd"), layers, device)
 
 
 @needs_triton

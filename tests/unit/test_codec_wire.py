@@ -1,4 +1,7 @@
-"""Wire format v1: golden bytes, checksum coverage, truncation, header checks (CPU, no network)."""
+"""Wire format v1: golden bytes, checksum coverage, truncation, header checks (CPU, no network).
+
+Format v2 (gtc, the entropy stage) has its golden bytes and corruption tests in test_codec_gtc.py.
+"""
 
 from __future__ import annotations
 
@@ -118,10 +121,15 @@ def _reframe(blob: bytes, version: int) -> bytes:
 def test_unknown_format_version() -> None:
     blob = small_blob()
     assert decode(_reframe(blob, 1))[0][0].shape == (1, 2, 9, 16)  # the re-framing itself is sound
-    with pytest.raises(UnsupportedFormatVersion, match="version 2"):
-        decode(_reframe(blob, 2))
+    for version in (3, 99, 0xFFFF):
+        with pytest.raises(UnsupportedFormatVersion, match=f"version {version}") as raised:
+            decode(_reframe(blob, version))
+        assert raised.value.version == version and raised.value.supported == (1, 2)
     with pytest.raises(UnsupportedFormatVersion):
         inspect(_reframe(blob, 0))
+    # v2 is known, but a v1 config's payload framed as v2 is inconsistent, not silently accepted
+    with pytest.raises(CorruptBlob, match="inconsistent blob header"):
+        decode(_reframe(blob, 2))
 
 
 def test_bad_magic_and_non_bytes() -> None:

@@ -331,6 +331,8 @@ class Codec:
                     f"values up to {peak:.4g} exceed the float16 range ({_FP16_MAX}); use the 'raw' preset"
                 )
             store = torch.float32  # side data (sink, outliers, factors) must not overflow
+        elif cfg.mode == "gtc" and cfg.rotate and peak * math.sqrt(max(kshape[3], vshape[3])) > _FP16_MAX:
+            store = torch.float32  # gtc's means and escapes are rotated values, up to sqrt(head_dim)x peak
         else:
             store = torch.float16
         tokens = kshape[2]

@@ -75,7 +75,8 @@ class Calibration:
                     raise CalibrationError(f"{name}[{i}] must be a finite number, got {s!r}")
                 if not SCALE_RANGE[0] <= s <= SCALE_RANGE[1]:
                     raise CalibrationError(f"{name}[{i}] = {s} is outside {list(SCALE_RANGE)}")
-            object.__setattr__(self, name, tuple(float(s) for s in scales))
+            # rounded as the file and the digest hold them: a calibration and its loaded copy decode alike
+            object.__setattr__(self, name, tuple(round(float(s), 6) for s in scales))
         if not isinstance(self.fingerprint, str) or len(self.fingerprint) > 256:
             raise CalibrationError("fingerprint must be a string of at most 256 characters")
 

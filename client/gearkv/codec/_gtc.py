@@ -113,9 +113,9 @@ def compress_gtc(
         out[p + "sink"] = x[:, : g.sink].to(hp)
     if g.body == 0:
         return out
-    body = x[:, g.sink :]
-    y = body @ hadamard(g.dim, x.device).to(body.dtype) if g.rotate else body
-    y = y.float().mT.contiguous()  # [N, dim, body]: channel-major, as the codes are stored
+    body = x[:, g.sink :].float()  # rotate in fp32: a row's rotation grows up to sqrt(dim)-fold
+    y = body @ hadamard(g.dim, x.device) if g.rotate else body
+    y = y.mT.contiguous()  # [N, dim, body]: channel-major, as the codes are stored
     mean = y.mean(dim=2).to(hp)
     r = y - mean.float()[:, :, None]
     spread = r.std(dim=2, correction=0) if g.key else r.pow(2).mean(dim=1).sqrt()

@@ -158,7 +158,9 @@ def section_views(
                     f"payload size mismatch: header implies {size} bytes, the zstd frame holds "
                     f"{params.content_size}"
                 )
-            plain = bytearray(zstd.ZstdDecompressor().decompress(body, max_output_size=size))
+            plain = bytearray(
+                zstd.ZstdDecompressor().decompress(body, max_output_size=size, allow_extra_data=False)
+            )
         except zstd.ZstdError as exc:
             raise CorruptBlob(f"entropy-coded payload does not decode: {exc}") from exc
         if len(plain) != size:
