@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 # Relative Frobenius error each preset must stay under on Gaussian KV with per-channel offsets.
 BOUNDS = {"fp16": 1e-3, "raw": 0.0, "kivi2": 0.6, "kivi4": 0.12, "gear2": 0.6, "gear3": 0.3, "gear4": 0.15}
 # The gtc presets (calibrated, uniform calibration here), keys and values apart: a value's error is about
-# step / sqrt(12) of its token's spread (measured worst over many shapes: gtc2 0.46, gtc3 0.26; keys,
-# whose channel offsets are coded exactly in the mean, 0.085 and 0.047).
-GTC_BOUNDS = {"gtc2": (0.15, 0.55), "gtc3": (0.1, 0.32)}
+# step / sqrt(12) of its token's spread (measured worst over many shapes: gtc2 0.52, gtc3 0.29; keys,
+# whose channel offsets are coded exactly in the mean, 0.095 and 0.053).
+GTC_BOUNDS = {"gtc2": (0.15, 0.6), "gtc3": (0.1, 0.34)}
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 DTYPE_EPS = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 1e-6}
 SETTINGS = settings(max_examples=50, deadline=None)
