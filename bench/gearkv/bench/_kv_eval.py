@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from gearkv.worker import hf_cache
+from gearkv.worker.codec_calibration import continuation_logprobs, next_token_kl
 
 SHAKESPEARE = Path("/work/shared/data/tinyshakespeare.txt")
 # Python's own source: documented code and prose, a second domain found on every machine with Python.
@@ -105,13 +106,7 @@ class KVEvaluator:
         return [b[1] for b in self.batches]
 
     def _continue(self, ids: torch.Tensor, layers: KV) -> torch.Tensor:
-        dtype = next(self.model.parameters()).dtype
-        cache = hf_cache.import_kv([(k.to(dtype), v.to(dtype)) for k, v in layers])
-        with torch.inference_mode():
-            logits = self.model(
-                input_ids=ids[:, self.prefix : -1], **hf_cache.forward_kwargs(self.model, cache)
-            ).logits
-        return torch.log_softmax(logits.float(), dim=-1)
+        return continuation_logprobs(self.model, ids, self.prefix, layers)
 
     def quality(self, roundtrip: Callable[[KV], KV]) -> Quality:
         """Score ``roundtrip`` (encode + decode of one batch's KV) on every window."""
@@ -120,7 +115,7 @@ class KVEvaluator:
         log_ratios: list[float] = []
         for ids, kv16, base_logp, base_nll in self.batches:
             logp = self._continue(ids, roundtrip(kv16))
-            kl = (base_logp.exp() * (base_logp - logp)).sum(-1).mean(-1)
+            kl = next_token_kl(base_logp, logp).mean(-1)
             top1 = (base_logp.argmax(-1) == logp.argmax(-1)).float().mean(-1)
             nll = -logp.gather(-1, ids[:, self.prefix + 1 :, None]).squeeze(-1)
             kls += kl.tolist()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ._api import BACKENDS, Backend, BlobInfo, Codec, decode, decode_into, inspect
 from ._calibration import Calibration
-from ._config import FORMAT_VERSION, PRESETS, CodecConfig
+from ._config import FORMAT_VERSION, PRESETS, CodecConfig, split_codec_id
 from .errors import (
     BackendUnavailable,
     CalibrationError,
@@ -44,4 +44,5 @@ __all__ = [
     "decode",
     "decode_into",
     "inspect",
+    "split_codec_id",
 ]

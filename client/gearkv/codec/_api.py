@@ -569,10 +569,9 @@ def _decode_sections(chunk: _Sections, keys: torch.Tensor, values: torch.Tensor,
     b, h, t, dk = chunk.header["key_shape"]
     n = chunk.header["layers"] * b * h
     key_rows, value_rows = keys.view(n, t, dk), values.view(n, t, chunk.header["value_shape"][3])
-    betas = None
     if chunk.plan.gtc is not None:
         raise UnsupportedConfig("_decode_sections times the GEAR parts only")
-    _decompress(chunk.plan, chunk.tensors, key_rows, value_rows, _check_backend(backend), betas)
+    _decompress(chunk.plan, chunk.tensors, key_rows, value_rows, _check_backend(backend))
 
 
 def _decompress(
@@ -586,7 +585,9 @@ def _decompress(
     kernels = plan.parts is not None and _use_triton(backend, key_rows.device)
     decompress_part = _triton.decompress_part if kernels else _gear.decompress_part
     try:
-        if plan.gtc is not None and betas is not None:
+        if plan.gtc is not None:
+            if betas is None:  # unreachable: _fill computes them for every gtc blob
+                raise CalibrationMismatch("a gtc blob needs its calibration's steps")
             for g, dest, beta in zip(plan.gtc, (key_rows, value_rows), betas, strict=True):
                 _gtc.decompress_gtc(sections, beta, g, dest)
         elif plan.parts is None:

@@ -25,11 +25,12 @@ from typing import Any
 
 from .errors import CalibrationError, CalibrationMismatch
 
-__all__ = ["CALIBRATION_FORMAT", "CALIBRATION_VERSION", "Calibration"]
+__all__ = ["CALIBRATION_FORMAT", "CALIBRATION_VERSION", "DIGEST_CHARS", "Calibration"]
 
 CALIBRATION_FORMAT = "gearkv-codec-calibration"
 CALIBRATION_VERSION = 1
 MAX_LAYERS = 1024
+DIGEST_CHARS = 16  # hex digits of ``Calibration.digest``, the last dot-separated part of a gtc codec id
 SCALE_RANGE = (1 / 16, 16.0)
 _MAX_FILE = 4 << 20
 
@@ -99,9 +100,10 @@ class Calibration:
 
     @property
     def digest(self) -> str:
-        """16 hex digits naming what decoding depends on (fingerprint, layers, scales), not provenance."""
+        """``DIGEST_CHARS`` hex digits naming what decoding depends on (fingerprint, layers, scales),
+        not provenance."""
         core = {k: v for k, v in self.body().items() if k in ("fingerprint", "layers", "k_scale", "v_scale")}
-        return hashlib.sha256(_canonical(core)).hexdigest()[:16]
+        return hashlib.sha256(_canonical(core)).hexdigest()[:DIGEST_CHARS]
 
     def check_model(self, fingerprint: str) -> None:
         """Raise CalibrationMismatch unless this calibration was made for ``fingerprint``."""

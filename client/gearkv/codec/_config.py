@@ -7,9 +7,18 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
+from ._calibration import DIGEST_CHARS
 from .errors import UnsupportedConfig
 
-__all__ = ["ENTROPY", "FORMAT_VERSION", "FORMAT_VERSIONS", "PRESETS", "CodecConfig", "codec_id_of"]
+__all__ = [
+    "ENTROPY",
+    "FORMAT_VERSION",
+    "FORMAT_VERSIONS",
+    "PRESETS",
+    "CodecConfig",
+    "codec_id_of",
+    "split_codec_id",
+]
 
 FORMAT_VERSION = 2  # the newest: v2 adds the gtc mode and the entropy-coded payload
 FORMAT_VERSIONS = (1, 2)
@@ -218,3 +227,12 @@ def codec_id_of(config: CodecConfig, calibration_digest: str = "") -> str:
     canon = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
     digest = hashlib.blake2b(canon.encode(), digest_size=6).hexdigest()
     return f"custom.v{version}.{digest}{tail}"
+
+
+def split_codec_id(codec_id: str) -> tuple[str, str]:
+    """``(codec, calibration digest)`` of a codec id: ``gtc2.v2.<digest>`` -> ``("gtc2.v2", digest)``;
+    ``("gear3.v1", "")`` for an id that names no calibration."""
+    head, _, tail = codec_id.rpartition(".")
+    if head and len(tail) == DIGEST_CHARS and all(c in "0123456789abcdef" for c in tail):
+        return head, tail
+    return codec_id, ""

@@ -17,7 +17,7 @@ from typing import Any
 
 from gearkv.cli import HelpFormatter
 
-__all__ = ["default_text_path", "main", "select_texts"]
+__all__ = ["add_model_options", "default_text_path", "main", "select_texts"]
 
 CHARS_PER_TOKEN = 12  # generous: English text is ~4 characters per token, excerpts are cut from chars
 
@@ -27,6 +27,16 @@ def default_text_path() -> Path | None:
     from gearkv.worker.demo import default_text_path as demo_text
 
     return demo_text()
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The model flags of the calibration commands, as ``gearkv worker`` names them: calibrate with
+    the settings the worker will use (the result is bound to the model's fingerprint, dtype included)."""
+    p.add_argument("--model", default=None, help="model folder or hub name (unset: bundled SmolLM2)")
+    p.add_argument("--gguf-file", default=None, help="GGUF file inside --model")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (unset: cuda if available)")
+    p.add_argument("--dtype", default=None, help="float32, float16, bfloat16 (use the worker's)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -40,11 +50,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         ),
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--model", default=None, help="model folder or hub name (unset: bundled SmolLM2)")
-    p.add_argument("--gguf-file", default=None, help="GGUF file inside --model")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (unset: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32, float16, bfloat16 (use the worker's)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    add_model_options(p)
     p.add_argument(
         "--calibration-file",
         type=Path,

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gearkv.cli import HelpFormatter
+from gearkv.worker.calibrate import add_model_options
 
 __all__ = ["main"]
 
@@ -28,11 +29,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         ),
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--model", default=None, help="model folder or hub name (unset: bundled SmolLM2)")
-    p.add_argument("--gguf-file", default=None, help="GGUF file inside --model")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (unset: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32, float16, bfloat16 (use the worker's)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    add_model_options(p)
     p.add_argument(
         "--text",
         type=Path,

@@ -30,9 +30,11 @@ __all__ = [
     "POWER",
     "SCALE_CLAMP",
     "calibrate_codec",
+    "continuation_logprobs",
     "default_calibration_path",
     "default_text",
     "ensure_calibration",
+    "next_token_kl",
     "scales_from_kl",
 ]
 
@@ -78,14 +80,21 @@ def _windows(tokenizer: Any, text: str, count: int, prefix: int, cont: int) -> t
     return torch.tensor([ids[s : s + need] for s in starts], dtype=torch.long)
 
 
-def _continue(
+def continuation_logprobs(
     model: Any, ids: torch.Tensor, prefix: int, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]
 ) -> torch.Tensor:
+    """Log-probabilities [batch, len - prefix - 1, vocab] of teacher-forcing ``ids[:, prefix:-1]`` on
+    the prefix's KV ``layers`` (converted to the model's dtype)."""
     dtype = next(model.parameters()).dtype
     cache = hf_cache.import_kv([(k.to(dtype), v.to(dtype)) for k, v in layers])
     with torch.inference_mode():
         logits = model(input_ids=ids[:, prefix:-1], **hf_cache.forward_kwargs(model, cache)).logits
     return torch.log_softmax(logits.float(), dim=-1)
+
+
+def next_token_kl(base: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """KL(base || logp) per position [batch, positions], in nats, from log-probabilities."""
+    return (base.exp() * (base - logp)).sum(-1)
 
 
 def calibrate_codec(
@@ -115,7 +124,7 @@ def calibrate_codec(
         model(input_ids=ids[:, :prefix], **hf_cache.forward_kwargs(model, cache))
     kv16 = [(k.to(torch.float16), v.to(torch.float16)) for k, v in hf_cache.export_kv(cache)]
     layers = len(kv16)
-    base = _continue(model, ids, prefix, kv16)
+    base = continuation_logprobs(model, ids, prefix, kv16)
     ref: CodecConfig = CODEC_PRESETS[reference]
     one = Calibration.uniform(1)
     codec = Codec(ref, calibration=one)
@@ -130,8 +139,8 @@ def calibrate_codec(
             dk, dv = decode(codec.encode([(k, v)]), calibration=one)[0]
             trial = list(kv16)
             trial[i] = (dk, v) if part == "k" else (k, dv)
-            logp = _continue(model, ids, prefix, trial)
-            kl[part][i] = float((base.exp() * (base - logp)).sum(-1).mean())
+            logp = continuation_logprobs(model, ids, prefix, trial)
+            kl[part][i] = float(next_token_kl(base, logp).mean())
             done += 1
             if progress is not None:
                 progress(done, total, f"{'keys' if part == 'k' else 'values'} of layer {i}")

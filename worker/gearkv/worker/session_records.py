@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 
 from gearkv.client import ChatMessage, ChunkRef, Manifest
 from gearkv.client.keys import Namespace
+from gearkv.codec import split_codec_id
 from gearkv.worker.sharing._plan import SHARING_ATTRIBUTE, base_fingerprint
 from gearkv.worker.transfer import PushResult
 
 __all__ = ["LocalRecord", "SessionTable", "TurnView", "merge_refs", "view_of_manifest", "view_of_record"]
 
 MAX_LOCAL_SESSIONS = 4096  # session records kept per worker (committed ones are dropped first)
-CALIBRATION_DIGEST_CHARS = 16  # hex digits of a codec calibration's digest (Calibration.digest)
 
 
 @dataclass
@@ -119,17 +119,9 @@ def view_of_manifest(manifest: Manifest, namespace: Namespace, *, sharing: str =
 
 
 def _calibration_only(stored: str, ours: str) -> bool:
-    """Whether two codec ids differ only by the calibration digest that ends them
-    (``gtc2.v2.<digest>``, ``custom.v2.<hash12>.<digest>``): the same codec, another calibration."""
-    if stored == ours:
-        return False
-    head, _, digest = stored.rpartition(".")
-    our_head, _, our_digest = ours.rpartition(".")
-    return bool(head) and head == our_head and _is_digest(digest) and _is_digest(our_digest)
-
-
-def _is_digest(text: str) -> bool:
-    return len(text) == CALIBRATION_DIGEST_CHARS and all(c in "0123456789abcdef" for c in text)
+    """Whether two codec ids name the same codec under two calibrations."""
+    (codec, digest), (our_codec, our_digest) = split_codec_id(stored), split_codec_id(ours)
+    return codec == our_codec and bool(digest) and bool(our_digest) and digest != our_digest
 
 
 def merge_refs(a: Sequence[ChunkRef], b: Sequence[ChunkRef]) -> tuple[ChunkRef, ...]:
