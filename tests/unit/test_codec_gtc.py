@@ -620,9 +620,19 @@ def test_resealed_sections_hit_the_inner_checks() -> None:
     def index(value: int) -> Any:
         return lambda h, t: t["k.eidx"].__setitem__(0, value)
 
-    for value in (numel, numel + 1000, -1, -numel - 1):
+    for value in (numel, numel + 1000):  # escapes are stored as gaps; the first from position 0
         with pytest.raises(CorruptBlob, match="escape index outside the part"):
             decode(_resealed(blob, cal, index(value)), calibration=cal)
+    for value in (-1, -numel - 1):
+        with pytest.raises(CorruptBlob, match="escape positions must increase"):
+            decode(_resealed(blob, cal, index(value)), calibration=cal)
+    repeated = _resealed(
+        blob, cal,
+        lambda h, t: t.update({"k.eidx": torch.cat([t["k.eidx"], torch.tensor([0], dtype=torch.int32)]),
+                               "k.eval": torch.cat([t["k.eval"], torch.tensor([1.0], dtype=torch.float16)])}),
+    )  # fmt: skip
+    with pytest.raises(CorruptBlob, match="escape positions must increase"):
+        decode(repeated, calibration=cal)
     # an extra escape at a valid index decodes (the CRC, not the codec, vouches for the values)
     extra = _resealed(
         blob, cal,
@@ -810,9 +820,9 @@ GOLDEN_GTC2 = {
         "316562343439363132636663222c22636f6465635f6964223a22677463322e76"
     ),
     "header_sha256": "8954c6dd4605afa70096f1eba644ce3e0158708eb111f0d023c344cdd8f6a1b9",
-    "payload_sha256": "0b94514afdaf3a6d2a94164c8eb368890b4a8f62bc783c720eb0b091d7772ab5",
-    "blob_len": 2679,
-    "blob_sha256": "b65ae9b7bc176eeff962d3969036a685d6a7e566c26f65aa88fe286a20f54ef1",
+    "payload_sha256": "bc86a0e9cfb6e257f24f19303df56aa81b9688408faec3027cbb28ea6d5048f3",
+    "blob_len": 2624,
+    "blob_sha256": "88188288db8145708e968ce0b977b7258ea8e7be49c52c8a16887b94eb9a5fa4",
 }
 GOLDEN_GEAR2_ZSTD = {
     "head64": (

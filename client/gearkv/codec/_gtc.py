@@ -31,6 +31,9 @@ __all__ = ["GtcGeometry", "compress_gtc", "decompress_gtc", "gtc_sections"]
 Section = tuple[str, torch.dtype, tuple[int, ...]]
 QMIN, QMAX = -8, 7
 _LOG_RANGE = 20.0  # octaves of spread kept below a row's largest; smaller spreads clamp up to it
+# The spread grid is at most this fine (octaves): finer buys nothing (encoder and decoder use the same
+# rounded spread) and costs the entropy stage, which then finds no structure in the codes.
+_SPREAD_GRID = 1 / 16
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ def _spread_codes(spread: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     hi = torch.where(torch.isfinite(hi), hi, torch.zeros_like(hi))
     lo_all = torch.where(positive, logs, torch.full_like(logs, float("inf"))).amin(dim=1)
     lo = torch.maximum(torch.where(torch.isfinite(lo_all), lo_all, hi), hi - _LOG_RANGE)
-    step = (hi - lo) / 254
+    step = torch.clamp((hi - lo) / 254, min=_SPREAD_GRID)
     safe = torch.where(step > 0, step, torch.ones_like(step))
     codes = ((logs - lo[:, None]) / safe[:, None]).round_().clamp_(0, 254) + 1
     codes = torch.where(positive, codes, torch.zeros_like(codes)).to(torch.uint8)
@@ -131,7 +134,9 @@ def compress_gtc(
     packed = codes[:, :, 0::2] | (codes[:, :, 1::2] << 4)
     out.update({p + "mean": mean, p + "snorm": norm, p + "scode": scode, p + "codes": packed.contiguous()})
     if idx.numel():
-        out[p + "eidx"] = idx.to(torch.int32)
+        # positions as gaps from the previous escape (the first from 0): small numbers the entropy
+        # stage packs far better than absolute indices
+        out[p + "eidx"] = torch.diff(idx, prepend=idx.new_zeros(1)).to(torch.int32)
         out[p + "eval"] = y.view(-1)[idx].to(hp)
     return out
 
@@ -155,8 +160,11 @@ def decompress_gtc(
     step = _steps(g, decode_spreads(sections[p + "snorm"], sections[p + "scode"]), beta.to(packed.device))
     y = torch.addcmul(sections[p + "mean"].float()[:, :, None], q, step)  # [N, dim, body]
     if g.escapes:
-        idx = sections[p + "eidx"].long()
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= y.numel()):
+        gaps = sections[p + "eidx"].long()
+        if gaps.numel() and (int(gaps[0]) < 0 or (gaps.numel() > 1 and int(gaps[1:].min()) < 1)):
+            raise IndexError("escape positions must increase")
+        idx = gaps.cumsum(0)
+        if idx.numel() and int(idx[-1]) >= y.numel():  # the last is the largest
             raise IndexError("escape index outside the part")
         y.view(-1)[idx] = sections[p + "eval"].float()
     body = y.mT @ hadamard(g.dim, y.device) if g.rotate else y.mT
